@@ -1,0 +1,3 @@
+"""fairseq tasks of the plugin (importing registers them)."""
+
+from .meg_pretraining import MegPretrainingConfig, MegPretrainingTask  # noqa: F401

@@ -1,0 +1,82 @@
+"""Write features of every segment of a manifest, for ``tools/extract_features.py``."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from .data.meg_dataset import MegNpyDataset
+from .features import extract_features, load_meg2vec
+
+
+def save_npy_atomic(path: str, array: np.ndarray) -> None:
+    """Save ``array`` to ``path`` so that ``path`` only ever exists complete."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp_path = f"{path}.tmp-{os.getpid()}"
+    with open(tmp_path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_path, path)
+
+
+def write_manifest_features(
+    checkpoint_path: str,
+    manifest_path: str,
+    dest: str,
+    layer: Optional[Union[int, str]] = None,
+    device: str = "cpu",
+) -> Dict[str, object]:
+    """Extract features of every segment listed in ``manifest_path`` into ``dest``.
+
+    Segments are read whole and prepared as the task prepared them in training (same
+    channel count check, same optional per-channel normalisation).
+
+    Parameters
+    ----------
+    checkpoint_path : str
+        meg2vec checkpoint.
+    manifest_path : str
+        fairseq TSV manifest of ``.npy`` segments.
+    dest : str
+        Output directory; mirrors the manifest's relative paths.
+    layer : int, "cnn" or None
+        Which representation to write (see :func:`~meg2vec_fairseq.features.extract_features`).
+    device : str
+        torch device.
+
+    Returns
+    -------
+    dict
+        ``segments`` written, ``frames`` of the last one, feature ``dim``, and the ``index``
+        TSV path.
+    """
+    model, task_cfg = load_meg2vec(checkpoint_path, device)
+    dataset = MegNpyDataset(
+        manifest_path,
+        sample_rate=task_cfg.sample_rate,
+        in_channels=task_cfg.in_channels,
+        shuffle=False,
+        normalize=task_cfg.normalize,
+    )
+    dest = os.path.abspath(dest)
+    rows = []
+    features = torch.empty(0, 0)
+    for index in range(len(dataset)):
+        source = dataset[index]["source"]
+        features = extract_features(model, source, layer=layer)[0].cpu().numpy()
+        save_npy_atomic(os.path.join(dest, dataset.relative_paths[index]), features)
+        rows.append(f"{dataset.relative_paths[index]}\t{features.shape[0]}")
+    index_path = os.path.join(dest, "features.tsv")
+    with open(f"{index_path}.tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join([dest, *rows]) + "\n")
+    os.replace(f"{index_path}.tmp", index_path)
+    return {
+        "segments": len(rows),
+        "frames": int(features.shape[0]),
+        "dim": int(features.shape[-1]),
+        "index": index_path,
+    }

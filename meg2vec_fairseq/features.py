@@ -1,0 +1,139 @@
+"""Load a trained ``meg2vec`` checkpoint and turn MEG into contextual features.
+
+>>> from meg2vec_fairseq.features import load_meg2vec, extract_features
+>>> model, task_cfg = load_meg2vec("checkpoints/meg2vec_tiny/checkpoint_best.pt")
+>>> feats = extract_features(model, meg)        # meg: (B, 306, T) -> feats: (B, T', D)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+from fairseq import checkpoint_utils
+
+from .models.meg2vec import Meg2VecModel
+
+#: ``layer`` value selecting the convolutional encoder's output instead of a Transformer layer.
+CNN_LAYER = "cnn"
+
+
+class CheckpointError(ValueError):
+    """Raised for a checkpoint that cannot be used as a ``meg2vec`` feature extractor."""
+
+
+def load_meg2vec(checkpoint_path: str, device: Union[str, torch.device] = "cpu"):
+    """Load a ``meg2vec`` checkpoint written by fairseq for inference.
+
+    Parameters
+    ----------
+    checkpoint_path : str
+        A ``checkpoint_*.pt`` file written by ``fairseq-hydra-train``.
+    device : str or torch.device
+        Where to put the model.
+
+    Returns
+    -------
+    model : Meg2VecModel
+        The model in eval mode.
+    task_cfg : omegaconf.DictConfig
+        The task configuration it was trained with (``sample_rate``, ``in_channels``,
+        ``normalize``), so callers prepare inputs the same way.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, unreadable or not a ``meg2vec`` checkpoint.
+    """
+    import meg2vec_fairseq  # noqa: F401  (registers the task and model for fairseq)
+
+    try:
+        models, cfg, _task = checkpoint_utils.load_model_ensemble_and_task([checkpoint_path])
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{checkpoint_path}: checkpoint does not exist") from err
+    except Exception as err:  # fairseq raises many types for foreign or broken files
+        raise CheckpointError(
+            f"{checkpoint_path}: not a loadable fairseq checkpoint ({err})"
+        ) from err
+    model = models[0]
+    if not isinstance(model, Meg2VecModel):
+        raise CheckpointError(
+            f"{checkpoint_path}: holds a {type(model).__name__}, not a meg2vec model"
+        )
+    return model.to(device).eval(), cfg.task
+
+
+def n_layers(model: Meg2VecModel) -> int:
+    """Number of Transformer layers of ``model``."""
+    return len(model.encoder.layers)
+
+
+@torch.no_grad()
+def extract_features(
+    model: Meg2VecModel,
+    meg: Union[np.ndarray, torch.Tensor],
+    layer: Optional[Union[int, str]] = None,
+    padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Contextual (or convolutional) features of MEG input.
+
+    Parameters
+    ----------
+    model : Meg2VecModel
+        A model from :func:`load_meg2vec` (or any ``Meg2VecModel``).
+    meg : ndarray or Tensor, shape (B, C, T) or (C, T)
+        Input in the same units and preprocessing as the training segments.
+    layer : int, "cnn" or None
+        Transformer layer to read (0-based; None = last), or ``"cnn"`` for the
+        convolutional encoder's output (after its layer norm).
+    padding_mask : Tensor of bool, shape (B, T), optional
+        True where the input is padding.
+
+    Returns
+    -------
+    Tensor, shape (B, T', D)
+        Features on the model's device (``T'`` frames at the model's frame rate).
+
+    Raises
+    ------
+    ValueError
+        If ``layer`` is out of range or the input has the wrong shape.
+    """
+    source = torch.as_tensor(
+        np.asarray(meg, dtype=np.float32) if isinstance(meg, np.ndarray) else meg
+    )
+    if source.dim() == 2:
+        source = source.unsqueeze(0)
+    device = next(model.parameters()).device
+    source = source.to(device=device, dtype=torch.float32)
+    if padding_mask is not None:
+        padding_mask = padding_mask.to(device)
+    transformer_layer = None
+    if layer is not None and layer != CNN_LAYER:
+        if not isinstance(layer, int) or not 0 <= layer < n_layers(model):
+            raise ValueError(
+                f"layer {layer!r} out of range: the model has {n_layers(model)} Transformer "
+                f"layers (0..{n_layers(model) - 1}), or use {CNN_LAYER!r}"
+            )
+        transformer_layer = layer
+    output = model.extract_features(source, padding_mask, mask=False, layer=transformer_layer)
+    return output["features"] if layer == CNN_LAYER else output["x"]
+
+
+def parse_layer(text: Optional[str]) -> Optional[Union[int, str]]:
+    """Parse a ``--layer`` command-line value: an integer, ``"cnn"`` or ``"last"``/None."""
+    if text is None or text == "last":
+        return None
+    if text == CNN_LAYER:
+        return CNN_LAYER
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--layer must be an integer, 'last' or 'cnn', got {text!r}") from None
+
+
+def feature_shape(model: Meg2VecModel, n_samples: int) -> Tuple[int, int]:
+    """``(frames, dim)`` of the features of an ``n_samples``-long input (last layer)."""
+    frames = int(model._get_feat_extract_output_lengths(torch.tensor(n_samples)))
+    return frames, model.cfg.encoder_embed_dim

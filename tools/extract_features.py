@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Write meg2vec features of every segment of a manifest to ``.npy`` files.
+
+Example::
+
+    python tools/extract_features.py --checkpoint checkpoints/meg2vec_tiny/checkpoint_best.pt \\
+        --manifest manifests/demo/valid.tsv --dest features/demo_valid --layer last
+
+Writes ``DEST/<segment relative path>`` (one ``(frames, dim)`` float32 array per segment,
+each written atomically) and ``DEST/features.tsv`` (root line, then ``path<TAB>frames``).
+"""
+
+import argparse
+import sys
+
+from meg2vec_fairseq.feature_writer import write_manifest_features
+from meg2vec_fairseq.features import CheckpointError, parse_layer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="meg2vec checkpoint (.pt) from fairseq-hydra-train"
+    )
+    parser.add_argument("--manifest", required=True, help="fairseq TSV manifest of .npy segments")
+    parser.add_argument("--dest", required=True, help="output directory for the feature files")
+    parser.add_argument(
+        "--layer",
+        default="last",
+        help="Transformer layer to read (0-based integer), 'last' (default) or 'cnn' for the "
+        "convolutional encoder output",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    args = parser.parse_args(argv)
+    try:
+        layer = parse_layer(args.layer)
+        summary = write_manifest_features(
+            args.checkpoint, args.manifest, args.dest, layer, args.device
+        )
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote features of {summary['segments']} segments ({summary['frames']} frames x "
+        f"{summary['dim']} dims) to {args.dest} (index: {summary['index']})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
