@@ -1,0 +1,195 @@
+"""Tests of the LibriBrain input (issue 5): pnpl on a small fake tree, downloads off."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from libribrain_fake import (  # noqa: E402
+    DEFAULT_PROC,
+    FIRST_TRAIN_KEY,
+    OTHER_TRAIN_KEY,
+    TEST_KEY,
+    VALIDATION_KEY,
+    make_fake_libribrain,
+    read_run,
+    write_run,
+)
+
+from meg2vec_fairseq.preprocessing import libribrain as lb  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SFREQ = 250.0
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    """Four runs of 4 s: two training runs (incl. the first), validation and test."""
+    root = tmp_path / "libribrain"
+    paths = make_fake_libribrain(str(root), seconds=4.0)
+    return root, paths
+
+
+def _resolver(root, download=False):
+    return lb.make_resolver(str(root), preprocessing_str=DEFAULT_PROC, download=download)
+
+
+# ------------------------------------------------------------------------------- selection
+
+
+def test_partitions_come_from_pnpl():
+    sel = lb.select_runs()
+    assert sel.valid == [VALIDATION_KEY]
+    assert FIRST_TRAIN_KEY in sel.train and len(sel.train) == 84
+    assert VALIDATION_KEY not in sel.train and TEST_KEY not in sel.train
+    assert lb.dataset_family().partition_keys("test") == [TEST_KEY]
+
+
+def test_explicit_run_keys_override_partitions_and_exclusions_apply():
+    sel = lb.select_runs(
+        train_run_keys=[FIRST_TRAIN_KEY, OTHER_TRAIN_KEY],
+        valid_partition="test",
+        exclude_run_keys=[OTHER_TRAIN_KEY],
+    )
+    assert sel.train == [FIRST_TRAIN_KEY]
+    assert sel.valid == [TEST_KEY]
+    sel = lb.select_runs(valid_run_keys=[VALIDATION_KEY, TEST_KEY], exclude_run_keys=[TEST_KEY])
+    assert sel.valid == [VALIDATION_KEY] and len(sel.train) == 84
+
+
+def test_unknown_partition_is_an_error():
+    with pytest.raises(lb.LibriBrainError, match="unknown libribrain partition 'trian'"):
+        lb.select_runs(train_partition="trian")
+
+
+def test_run_key_in_both_sides_is_an_error():
+    with pytest.raises(lb.LibriBrainError, match="both train and valid"):
+        lb.select_runs(valid_run_keys=[FIRST_TRAIN_KEY])
+
+
+@pytest.mark.parametrize("text", ["0,1,Sherlock1", "0,1,Sherlock1,1,2", "0,,Sherlock1,1",
+                                  "0,1,Sher/lock1,1", "0;1;Sherlock1;1"])
+def test_malformed_run_key(text):
+    with pytest.raises(lb.LibriBrainError, match="malformed run key"):
+        lb.parse_run_key(text)
+
+
+def test_parse_run_key():
+    assert lb.parse_run_key(" 0, 11,Sherlock1 ,2") == VALIDATION_KEY
+
+
+def test_libribrain100_family_reads_pnpl_manifest():
+    fam = lb.dataset_family("libribrain100")
+    assert VALIDATION_KEY in fam.partitions["validation"]
+    assert FIRST_TRAIN_KEY in fam.partitions["train"]
+    assert ("0", "1", "Sherlock8", "1") in fam.partitions["train"]  # LibriBrain2 run
+
+
+# ----------------------------------------------------------------------------- paths, files
+
+
+def test_resolver_uses_pnpl_layout(tree):
+    root, paths = tree
+    r = _resolver(root)
+    for key, path in paths.items():
+        assert lb.h5_path(r, key) == path
+    r100 = lb.make_resolver(str(root), "libribrain100", DEFAULT_PROC)
+    assert lb.h5_path(r100, VALIDATION_KEY) == paths[VALIDATION_KEY]
+
+
+def test_missing_file_with_downloads_off_names_key_and_path(tree):
+    root, paths = tree
+    missing = ("0", "3", "Sherlock1", "1")
+    loc = lb.locate_runs(_resolver(root), [FIRST_TRAIN_KEY, missing], progress=False)
+    assert set(loc.paths) == {FIRST_TRAIN_KEY}
+    msg = loc.errors[missing]
+    assert "0,3,Sherlock1,1" in msg
+    assert os.path.join(str(root), "Sherlock1", "derivatives", "serialised",
+                        f"sub-0_ses-3_task-Sherlock1_run-1_proc-{DEFAULT_PROC}_meg.h5") in msg
+
+
+def test_failed_download_is_a_clear_per_run_error(tree, monkeypatch):
+    root, _ = tree
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails at once, offline
+    missing = ("0", "4", "Sherlock1", "1")
+    loc = lb.locate_runs(_resolver(root, download=True), [FIRST_TRAIN_KEY, missing],
+                         progress=False)
+    assert FIRST_TRAIN_KEY in loc.paths
+    assert "0,4,Sherlock1,1: download of" in loc.errors[missing]
+    assert "huggingface_hub" in loc.errors[missing]
+
+
+def test_check_run_accepts_a_good_run(tree):
+    root, paths = tree
+    info = lb.check_run(paths[FIRST_TRAIN_KEY], FIRST_TRAIN_KEY, min_samples=500)
+    assert (info.n_channels, info.n_times, info.sfreq) == (306, 1000, SFREQ)
+
+
+def test_h5_without_data_dataset(tmp_path):
+    path = str(tmp_path / "x.h5")
+    write_run(path, np.zeros((306, 600), np.float32), dataset_name="meg")
+    with pytest.raises(lb.LibriBrainError, match=r"0,1,Sherlock1,1.*x\.h5.*no 'data' dataset"):
+        lb.check_run(path, FIRST_TRAIN_KEY)
+
+
+def test_wrong_channel_count(tmp_path):
+    path = str(tmp_path / "x.h5")
+    write_run(path, np.zeros((305, 600), np.float32))
+    with pytest.raises(lb.LibriBrainError, match="305 channels, expected 306"):
+        lb.check_run(path, FIRST_TRAIN_KEY)
+
+
+def test_run_shorter_than_a_segment(tmp_path):
+    path = str(tmp_path / "x.h5")
+    write_run(path, np.zeros((306, 100), np.float32))
+    with pytest.raises(lb.LibriBrainError, match="shorter than one segment"):
+        lb.check_run(path, FIRST_TRAIN_KEY, min_samples=250)
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def test_streamed_statistics_equal_numpy_and_pnpl(tree):
+    root, paths = tree
+    r = _resolver(root)
+    pooled = lb.RunningStats()
+    for key in (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY):
+        pooled.merge(lb.run_statistics(r, key, chunk_samples=137))
+    x = np.concatenate([read_run(paths[k]) for k in (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY)], axis=1)
+    x = x.astype(np.float64)
+    np.testing.assert_allclose(pooled.mean, x.mean(axis=1), rtol=1e-9, atol=1e-22)
+    np.testing.assert_allclose(pooled.std, x.std(axis=1), rtol=1e-9)
+    assert pooled.n == x.shape[1]
+
+
+def test_cached_pnpl_statistics_are_used(tree):
+    root, paths = tree
+    with h5py.File(paths[FIRST_TRAIN_KEY], "r+") as f:
+        f["data"].attrs["channel_means"] = np.full(306, 2.0)
+        f["data"].attrs["channel_stds"] = np.full(306, 3.0)
+    st = lb.run_statistics(_resolver(root), FIRST_TRAIN_KEY, 100)
+    np.testing.assert_allclose(st.mean, 2.0)
+    np.testing.assert_allclose(st.std, 3.0)
+    st = lb.run_statistics(_resolver(root), FIRST_TRAIN_KEY, 100, use_cached=False)
+    assert np.all(np.abs(st.mean) < 1e-9)
+
+
+def test_channel_stats_roundtrip_and_apply(tmp_path):
+    rs = lb.RunningStats()
+    rs.update(np.vstack([np.arange(10.0), np.zeros(10)] * 153))
+    stats = lb.ChannelStats.from_running(rs, clip=1.5, run_keys=[FIRST_TRAIN_KEY], sfreq=SFREQ)
+    assert 1 in stats.zero_std_channels and stats.stds[1] == 1.0
+    lb.save_channel_stats(stats, str(tmp_path))
+    back = lb.load_channel_stats(str(tmp_path))
+    np.testing.assert_array_equal(back.means, stats.means)
+    np.testing.assert_array_equal(back.stds, stats.stds)
+    assert back.run_keys == [FIRST_TRAIN_KEY] and back.clip == 1.5
+    y = back.apply(np.vstack([np.arange(10.0), np.zeros(10)] * 153))
+    assert y.dtype == np.float32 and y.max() == 1.5 and y.min() == -1.5
+    assert not any(n.startswith(".") for n in os.listdir(tmp_path))  # no temp file left
