@@ -82,6 +82,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "finalize_outputs",
+    "fixed_splits",
     "load_done_marker",
     "make_recording_ids",
     "params_fingerprint",
@@ -588,6 +589,26 @@ def assign_splits(results: Sequence[RecordingResult], valid_percent: float, seed
     return splits
 
 
+def fixed_splits(results: Sequence[RecordingResult], split_of: Mapping[str, str]
+                 ) -> dict[str, list[list]]:
+    """Split segments by a given ``recording_id -> split`` mapping (predefined partitions).
+
+    Recordings with status ok/skipped go to ``split_of[recording_id]``; recordings not in
+    the mapping are left out. ``"train"`` and ``"valid"`` are always present (possibly
+    empty), as is every split named in ``split_of``; rows are sorted by path as in
+    :func:`assign_splits`.
+    """
+    splits: dict[str, list[list]] = {"train": [], "valid": []}
+    for name in split_of.values():
+        splits.setdefault(name, [])
+    for r in results:
+        if r.status in ("ok", "skipped") and r.recording_id in split_of:
+            splits[split_of[r.recording_id]].extend(r.segments)
+    for rows in splits.values():
+        rows.sort(key=lambda row: row[0])
+    return splits
+
+
 # ------------------------------------------------------------------- manifests/report
 def write_manifests(dest: str | os.PathLike, segments_root: str | os.PathLike,
                     splits: Mapping[str, Sequence[Sequence]]) -> dict[str, Path]:
@@ -755,11 +776,15 @@ def plot_qc(results: Sequence[RecordingResult], path: str | os.PathLike,
 # -------------------------------------------------------------------------- finalize
 def finalize_outputs(dest: str | os.PathLike, segments_root: str | os.PathLike,
                      results: Sequence[RecordingResult], params: Mapping[str, Any],
-                     valid_percent: float, seed: int, qc: bool = True) -> dict[str, Any]:
+                     valid_percent: float, seed: int, qc: bool = True,
+                     splits: Optional[Mapping[str, Sequence[Sequence]]] = None
+                     ) -> dict[str, Any]:
     """Write, in this order, ``qc.png``, ``report.json``, ``train.tsv``/``valid.tsv``.
 
     Manifests come last so that their presence means the run finished. Stale temp files
-    of an interrupted run are removed from ``dest`` first.
+    of an interrupted run are removed from ``dest`` first. ``splits`` (e.g. from
+    :func:`fixed_splits`) replaces the random split by :func:`assign_splits`
+    (``valid_percent`` and ``seed`` are then unused).
 
     Returns
     -------
@@ -770,7 +795,8 @@ def finalize_outputs(dest: str | os.PathLike, segments_root: str | os.PathLike,
     dest.mkdir(parents=True, exist_ok=True)
     for stale in dest.glob(f".*{_TMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
-    splits = assign_splits(results, valid_percent, seed)
+    if splits is None:
+        splits = assign_splits(results, valid_percent, seed)
     qc_path = None
     if qc:
         try:
