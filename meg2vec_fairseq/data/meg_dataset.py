@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
+from fairseq.data.data_utils import get_bucketed_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,22 @@ class MegNpyDataset(RawAudioDataset):
         self.sizes = np.array([row.num_samples for row in rows], dtype=np.int64)
         logger.info(f"{manifest_path}: loaded {len(rows)} segments, skipped {n_skipped} short ones")
         self.set_bucket_info(num_buckets)
+
+    def set_bucket_info(self, num_buckets: int) -> None:
+        """Length buckets for padding, as fairseq's, but working with NumPy 2.
+
+        fairseq's ``get_buckets`` passes ``np.percentile(interpolation=...)``, an argument
+        NumPy 2 removed; ``method="lower"`` is the same computation.
+        """
+        self.num_buckets = num_buckets
+        if num_buckets > 0:
+            self._collated_sizes = np.minimum(self.sizes, self.max_sample_size)
+            percentiles = np.linspace(0, 100, num_buckets + 1)
+            self.buckets = np.unique(
+                np.percentile(self._collated_sizes, percentiles, method="lower")[1:]
+            )
+            self._bucketed_sizes = get_bucketed_sizes(self._collated_sizes, self.buckets)
+            logger.info(f"{len(self.buckets)} bucket(s) for the MEG dataset: {self.buckets}")
 
     def segment_path(self, index: int) -> str:
         """Absolute path of segment ``index``."""

@@ -1,0 +1,66 @@
+"""Small builders of MEG segment manifests for the plugin-core tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def write_manifest(
+    dest: Path,
+    arrays: Sequence[np.ndarray],
+    split: str = "train",
+    lengths: Optional[Sequence[int]] = None,
+) -> Path:
+    """Save ``arrays`` as ``.npy`` segments and list them in ``dest/{split}.tsv``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, array in enumerate(arrays):
+        name = f"{split}-{i:03d}.npy"
+        np.save(dest / name, array)
+        length = array.shape[-1] if lengths is None else lengths[i]
+        rows.append(f"{name}\t{length}")
+    manifest = dest / f"{split}.tsv"
+    manifest.write_text("\n".join([str(dest), *rows]) + "\n")
+    return manifest
+
+
+def random_segments(n: int, channels: int = 306, samples: int = 1250, seed: int = 0) -> List:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((channels, samples)).astype(np.float32) for _ in range(n)]
+
+
+def run_command(
+    args: Sequence[str], timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    """Run a command from the repository root with the venv first on PATH, as a user would."""
+    environment = dict(os.environ)
+    environment["PATH"] = f"{VENV_BIN}{os.pathsep}{environment.get('PATH', '')}"
+    environment.update(env)
+    return subprocess.run(
+        list(args), cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def parse_fairseq_log(text: str, prefix: str) -> List[Dict[str, float]]:
+    """``key value`` pairs of fairseq's '| '-separated summary lines starting at ``[prefix]``."""
+    records = []
+    for line in text.splitlines():
+        if f"[{prefix}][INFO]" not in line or " | " not in line:
+            continue
+        record = {}
+        for part in line.split(" | ")[1:]:
+            fields = part.split()
+            if len(fields) == 2:
+                try:
+                    record[fields[0]] = float(fields[1])
+                except ValueError:
+                    pass
+        records.append(record)
+    return records
