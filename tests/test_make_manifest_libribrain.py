@@ -127,7 +127,7 @@ def test_failed_download_is_a_clear_per_run_error(tree, monkeypatch):
 
 def test_check_run_accepts_a_good_run(tree):
     root, paths = tree
-    info = lb.check_run(paths[FIRST_TRAIN_KEY], FIRST_TRAIN_KEY, min_samples=500)
+    info = lb.check_run(paths[FIRST_TRAIN_KEY], FIRST_TRAIN_KEY, segment_seconds=2.0)
     assert (info.n_channels, info.n_times, info.sfreq) == (306, 1000, SFREQ)
 
 
@@ -149,7 +149,7 @@ def test_run_shorter_than_a_segment(tmp_path):
     path = str(tmp_path / "x.h5")
     write_run(path, np.zeros((306, 100), np.float32))
     with pytest.raises(lb.LibriBrainError, match="shorter than one segment"):
-        lb.check_run(path, FIRST_TRAIN_KEY, min_samples=250)
+        lb.check_run(path, FIRST_TRAIN_KEY, segment_seconds=1.0)
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -193,3 +193,169 @@ def test_channel_stats_roundtrip_and_apply(tmp_path):
     y = back.apply(np.vstack([np.arange(10.0), np.zeros(10)] * 153))
     assert y.dtype == np.float32 and y.max() == 1.5 and y.min() == -1.5
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))  # no temp file left
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+
+def _run(root, dest, **kw):
+    kw.setdefault("train_run_keys", [FIRST_TRAIN_KEY, OTHER_TRAIN_KEY])
+    kw.setdefault("segment_seconds", 1.0)
+    kw.setdefault("progress", False)
+    kw.setdefault("qc", False)
+    kw.setdefault("fsync", False)
+    cfg = lb.LibriBrainConfig(str(root), str(dest), **kw)
+    return lb.make_libribrain_manifests(cfg)
+
+
+def _manifest(dest, split):
+    lines = (dest / f"{split}.tsv").read_text().splitlines()
+    return lines[0], [line.split("\t") for line in lines[1:]]
+
+
+def _run_ids(rows):
+    return sorted({rel.split("/")[0] for rel, _ in rows})
+
+
+def test_pipeline_selection_shapes_dtypes_clipping(tree, tmp_path):
+    root, _ = tree
+    dest = tmp_path / "out"
+    out = _run(root, dest, qc=True)
+    assert out["failed"] == 0
+    seg_root, train = _manifest(dest, "train")
+    _, valid = _manifest(dest, "valid")
+    assert _run_ids(train) == [lb.run_key_name(FIRST_TRAIN_KEY), lb.run_key_name(OTHER_TRAIN_KEY)]
+    assert _run_ids(valid) == [lb.run_key_name(VALIDATION_KEY)]  # test run never included
+    assert len(train) == 8 and len(valid) == 4  # 4 s runs, 1 s segments
+    clipped = 0.0
+    for rel, n in train + valid:
+        x = np.load(os.path.join(seg_root, rel))
+        assert x.shape == (306, 250) and int(n) == 250 and x.dtype == np.float32
+        assert np.abs(x).max() <= 10.0
+        clipped = max(clipped, np.abs(x).max())
+    assert clipped == 10.0  # the spikes were clipped to exactly +-clip
+    report = __import__("json").loads((dest / "report.json").read_text())
+    entries = {e["recording_id"]: e for e in report["recordings"]}
+    assert entries[lb.run_key_name(VALIDATION_KEY)]["split"] == "valid"
+    assert entries[lb.run_key_name(FIRST_TRAIN_KEY)]["extra"]["run_key"] == list(FIRST_TRAIN_KEY)
+    assert (dest / "qc.png").stat().st_size > 0
+
+
+def test_statistics_from_train_runs_only_applied_to_valid(tree, tmp_path):
+    root, paths = tree
+    dest = tmp_path / "out"
+    _run(root, dest)
+    stats = lb.load_channel_stats(str(dest))
+    train = np.concatenate([read_run(paths[k]) for k in (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY)],
+                           axis=1).astype(np.float64)
+    np.testing.assert_allclose(stats.means, train.mean(axis=1), rtol=1e-9, atol=1e-22)
+    np.testing.assert_allclose(stats.stds, train.std(axis=1), rtol=1e-9)
+    valid = read_run(paths[VALIDATION_KEY]).astype(np.float64)
+    assert not np.allclose(stats.means, valid.mean(axis=1), rtol=1e-3, atol=0)  # not valid's stats
+    assert stats.run_keys == [FIRST_TRAIN_KEY, OTHER_TRAIN_KEY] and stats.clip == 10.0
+    seg_root, rows = _manifest(dest, "valid")
+    x = np.load(os.path.join(seg_root, rows[1][0]))
+    expected = np.clip((valid[:, 250:500] - stats.means[:, None]) / stats.stds[:, None], -10, 10)
+    np.testing.assert_allclose(x, expected, atol=1e-4)
+
+
+def test_segments_match_pnpl_standardisation_with_train_stats(tmp_path):
+    """pnpl's own windows, given our training statistics, equal our valid segments."""
+    root = tmp_path / "lb"
+    make_fake_libribrain(str(root), seconds=4.0, events=True)
+    dest = tmp_path / "out"
+    _run(root, dest)
+    stats = lb.load_channel_stats(str(dest))
+    speech = lb.import_pnpl("pnpl.datasets").LibriBrainSpeech
+    ds = speech(str(root), partition="validation", tmin=0.0, tmax=1.0, download=False,
+                preload_files=False, channel_means=stats.means, channel_stds=stats.stds,
+                clipping_boundary=10.0)
+    seg_root, rows = _manifest(dest, "valid")
+    for i, (rel, _) in enumerate(rows[: len(ds)]):
+        np.testing.assert_allclose(np.load(os.path.join(seg_root, rel)), ds[i][0].numpy(),
+                                   atol=1e-4)
+    ds.close_h5_files()
+
+
+def test_float16_and_custom_clip(tree, tmp_path):
+    root, _ = tree
+    dest = tmp_path / "out"
+    _run(root, dest, dtype="float16", clip=3.0, valid_partition=None)
+    seg_root, rows = _manifest(dest, "train")
+    x = np.load(os.path.join(seg_root, rows[0][0]))
+    assert x.dtype == np.float16 and x.shape == (306, 250) and np.abs(x).max() == 3.0
+    assert _manifest(dest, "valid")[1] == []
+
+
+def test_bad_runs_are_reported_and_the_others_processed(tree, tmp_path):
+    root, paths = tree
+    bad = {("0", "5", "Sherlock1", "1"): dict(data=np.zeros((306, 600), np.float32),
+                                               dataset_name="meg"),
+           ("0", "6", "Sherlock1", "1"): dict(data=np.zeros((305, 600), np.float32)),
+           ("0", "7", "Sherlock1", "1"): dict(data=np.zeros((306, 100), np.float32))}
+    proc_path = paths[FIRST_TRAIN_KEY].replace("ses-1_", "ses-{}_")
+    for key, kw in bad.items():
+        write_run(proc_path.format(key[1]), **kw)
+    missing = ("0", "8", "Sherlock1", "1")
+    out = _run(root, tmp_path / "out",
+               train_run_keys=[FIRST_TRAIN_KEY, *bad, missing])
+    reasons = {r.recording_id: r.reason for r in out["results"] if r.status == "failed"}
+    assert out["failed"] == 4
+    assert "no 'data' dataset" in reasons[lb.run_key_name(("0", "5", "Sherlock1", "1"))]
+    assert "305 channels" in reasons[lb.run_key_name(("0", "6", "Sherlock1", "1"))]
+    assert "shorter than one segment" in reasons[lb.run_key_name(("0", "7", "Sherlock1", "1"))]
+    assert "0,8,Sherlock1,1: file not found" in reasons[lb.run_key_name(missing)]
+    _, train = _manifest(tmp_path / "out", "train")
+    assert _run_ids(train) == [lb.run_key_name(FIRST_TRAIN_KEY)]
+    assert lb.load_channel_stats(str(tmp_path / "out")).run_keys == [FIRST_TRAIN_KEY]
+
+
+def test_data_path_must_exist_without_download(tmp_path):
+    with pytest.raises(lb.LibriBrainError, match="DATA_PATH .*nowhere does not exist"):
+        _run(tmp_path / "nowhere", tmp_path / "out")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_resume_after_interruption_is_byte_identical_and_then_idle(tree, tmp_path, monkeypatch):
+    root, _ = tree
+    ref = tmp_path / "ref"
+    _run(root, ref)
+    dest = tmp_path / "out"
+    calls = {"n": 0}
+    real_save = lb.seg.atomic_save_npy
+
+    def crash_after_six(path, array, fsync=True):
+        calls["n"] += 1
+        if calls["n"] > 6:  # "kill" in the middle of the second run
+            raise KeyboardInterrupt
+        real_save(path, array, fsync)
+
+    monkeypatch.setattr(lb.seg, "atomic_save_npy", crash_after_six)
+    with pytest.raises(KeyboardInterrupt):
+        _run(root, dest)
+    monkeypatch.setattr(lb.seg, "atomic_save_npy", real_save)
+    assert not (dest / "train.tsv").exists()  # manifests only when finished
+    out = _run(root, dest)
+    assert [r.status for r in out["results"]] == ["skipped", "ok", "ok"]
+    for split in ("train", "valid"):
+        assert (dest / f"{split}.tsv").read_bytes() == (ref / f"{split}.tsv").read_bytes() \
+            .replace(str((ref / "segments").resolve()).encode(),
+                     str((dest / "segments").resolve()).encode())
+    before = {p: p.stat().st_mtime_ns for p in (dest / "segments").rglob("*")}
+    manifests = [(dest / f"{s}.tsv").read_bytes() for s in ("train", "valid")]
+    out = _run(root, dest)  # nothing left to do
+    assert {r.status for r in out["results"]} == {"skipped"}
+    assert {p: p.stat().st_mtime_ns for p in (dest / "segments").rglob("*")} == before
+    assert [(dest / f"{s}.tsv").read_bytes() for s in ("train", "valid")] == manifests
+    out = _run(root, dest, overwrite=True)
+    assert {r.status for r in out["results"]} == {"ok"}
+
+
+def test_changing_training_runs_recomputes_everything(tree, tmp_path):
+    root, _ = tree
+    dest = tmp_path / "out"
+    _run(root, dest)
+    first = lb.load_channel_stats(str(dest)).means
+    out = _run(root, dest, train_run_keys=[FIRST_TRAIN_KEY])
+    assert {r.status for r in out["results"]} == {"ok"}  # new stats -> new segments
+    assert not np.allclose(lb.load_channel_stats(str(dest)).means, first, atol=0)
