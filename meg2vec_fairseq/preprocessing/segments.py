@@ -62,7 +62,6 @@ import random
 import re
 import shutil
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -72,6 +71,7 @@ import numpy as np
 
 __all__ = [
     "DONE_MARKER",
+    "InputError",
     "STATUSES",
     "RecordingResult",
     "RecordingTask",
@@ -103,6 +103,15 @@ DONE_MARKER = "_done.json"
 STATUSES = ("ok", "skipped", "failed")
 _TMP_SUFFIX = ".tmp"
 _REPORT_VERSION = 1
+
+
+class InputError(Exception):
+    """Bad input (unreadable file, no MEG channels, too short, ...).
+
+    Raise it (or a subclass) from a recording worker with a message that names the file
+    and what is wrong; :func:`run_recordings` reports the message as the failure reason
+    as is, whereas other exceptions are reported as ``"<ExceptionType>: <message>"``.
+    """
 
 
 # --------------------------------------------------------------------------- atomic I/O
@@ -814,8 +823,10 @@ def _safe_call(fn: Callable[[RecordingTask], RecordingResult], task: RecordingTa
     t0 = time.perf_counter()
     try:
         result = fn(task)
+    except InputError as err:
+        detail = str(err)
     except Exception as err:  # one bad recording never stops the others
-        detail = traceback.format_exception_only(type(err), err)[-1].strip()
+        detail = f"{type(err).__name__}: {err}"
         result = RecordingResult.failed(task.recording_id, task.source, detail)
     if result.status == "ok" and not result.elapsed_s:
         result.elapsed_s = round(time.perf_counter() - t0, 3)

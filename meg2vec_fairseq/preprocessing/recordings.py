@@ -1,0 +1,734 @@
+"""MEG recordings MNE can read -> streamed, preprocessed ``.npy`` segments.
+
+The MNE-specific half of ``tools/make_manifest.py raw|bids`` (the input-agnostic half is
+:mod:`meg2vec_fairseq.preprocessing.segments`):
+
+* discovery: :func:`discover_recordings` (files/folders under roots; ``.fif``, CTF
+  ``.ds``, KIT ``.sqd``/``.con``, BTi/4D ``c,rf*``) and :func:`discover_bids` (mne-bids,
+  datatype ``meg``),
+* channel selection: :func:`select_channels` (MEG mags and grads only; reference sensors
+  and ``info['bads']`` excluded; padded with zeros or truncated to ``n_channels``),
+* streaming DSP, plain NumPy/SciPy and reusable by other inputs:
+  :class:`StreamingResampler` (chunked ``scipy.signal.resample_poly``) and
+  :class:`StreamingSOSFilter` (chunked ``scipy.signal.sosfilt``),
+* :func:`process_recording`: one recording, two streaming passes, bounded memory.
+
+Preprocessing of one recording (:class:`PreprocessParams`)
+----------------------------------------------------------
+1. Read ``chunk_seconds`` at a time with ``raw.get_data(picks, start, stop)`` (never
+   ``preload``); subtract each channel's mean over the first second (only reduces edge
+   transients: the band-pass removes any constant).
+2. NaN samples are replaced by 0 and their span (plus a margin) marked bad.
+3. Resample to ``sfreq`` with a polyphase FIR (exactly ``scipy.signal.resample_poly``,
+   whose filter is also the anti-alias low-pass), carrying the input overlap across
+   chunk borders.
+4. Band-pass ``l_freq``-``h_freq`` at the output rate with causal Butterworth filters
+   (:func:`design_bandpass`: high-pass order 4, low-pass order 8, as second-order
+   sections), filter state carried across chunk borders and initialised to the steady
+   state of the first sample.
+5. The result is written to a float32 temp file while per-channel sums are accumulated
+   over samples outside bad spans (pass 1). Pass 2 reads it back a block at a time and
+   z-scores each channel with those statistics; flat channels (standard deviation below
+   ``flat_ratio`` times the median of the channels of the same type) are zeroed.
+6. Consecutive non-overlapping segments; those overlapping ``BAD_ACQ_SKIP``, other
+   ``BAD*`` annotations or NaN spans are dropped and counted.
+
+Streaming steps 3-4 give the same numbers as running ``resample_poly`` and ``sosfilt``
+over the whole recording at once (the tests check this to float32 precision); memory is
+one chunk plus filter state, independent of recording length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from scipy import signal
+
+from .segments import (
+    InputError,
+    RecordingResult,
+    RecordingTask,
+    Segmenter,
+    load_done_marker,
+    make_recording_ids,
+    params_fingerprint,
+    prepare_recording_dir,
+    qc_spectrum,
+    write_done_marker,
+    write_segments,
+)
+
+__all__ = [
+    "DEFAULT_PATTERNS",
+    "PreprocessParams",
+    "RecordingError",
+    "StreamingResampler",
+    "StreamingSOSFilter",
+    "discover_bids",
+    "discover_recordings",
+    "make_tasks",
+    "open_raw",
+    "process_recording",
+    "select_channels",
+]
+
+#: Default discovery patterns (matched against file/folder names, recursively).
+DEFAULT_PATTERNS = ("*.fif", "*.fif.gz", "*.ds", "*.sqd", "*.con", "c,rf*")
+# FIF files that are not raw recordings (MNE naming conventions), skipped by discovery.
+_NOT_RAW = re.compile(
+    r"(-|_)(epo|ave|cov|fwd|inv|trans|ica|sol|proj|annot|bem|src|dip|morph|tfr|eve|"
+    r"coh|csd|dense|head|fine-cal|ct_sparse)\.fif(\.gz)?$", re.IGNORECASE)
+# Continuation parts of split FIF files: read through their first part.
+_SPLIT_PART = re.compile(r"(-\d+\.fif(\.gz)?$)|(_split-(0[2-9]|[1-9]\d)_)", re.IGNORECASE)
+_PIPELINE_VERSION = "recordings-v1"
+
+
+class RecordingError(InputError):
+    """Bad input: the message says which file and what is wrong (becomes the reason)."""
+
+
+# ------------------------------------------------------------------------ parameters
+@dataclasses.dataclass(frozen=True)
+class PreprocessParams:
+    """Preprocessing options shared by the ``raw`` and ``bids`` subcommands.
+
+    Attributes
+    ----------
+    sfreq : float
+        Output sampling rate (Hz).
+    l_freq, h_freq : float
+        Band-pass edges (Hz); 0 disables that edge.
+    segment_seconds : float
+        Segment length; segments have ``round(segment_seconds * sfreq)`` samples.
+    n_channels : int
+        Rows per segment: MEG channels padded with zeros or truncated to this.
+    dtype : str
+        ``"float32"`` or ``"float16"``.
+    l_order, h_order : int
+        Butterworth orders of the high-pass and low-pass edges.
+    chunk_seconds : float
+        Input read per step (memory/speed trade-off; does not change the result).
+    flat_ratio : float
+        A channel whose filtered standard deviation is below this fraction of the
+        median over channels of its type is flat.
+    qc_seconds : float
+        Input/output duration used for the ``qc.png`` spectra.
+    fsync : bool
+        fsync every segment (durability against power loss; slower on some disks).
+    """
+
+    sfreq: float = 250.0
+    l_freq: float = 1.0
+    h_freq: float = 40.0
+    segment_seconds: float = 5.0
+    n_channels: int = 306
+    dtype: str = "float32"
+    l_order: int = 4
+    h_order: int = 8
+    chunk_seconds: float = 10.0
+    flat_ratio: float = 1e-4
+    qc_seconds: float = 30.0
+    fsync: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError for option combinations that can never work."""
+        if self.sfreq <= 0:
+            raise ValueError(f"--sfreq must be > 0, got {self.sfreq}")
+        if self.l_freq < 0 or self.h_freq < 0:
+            raise ValueError("--l-freq/--h-freq must be >= 0 (0 disables the edge)")
+        if self.h_freq and self.h_freq >= self.sfreq / 2:
+            raise ValueError(f"--h-freq {self.h_freq} Hz must be below the output Nyquist "
+                             f"frequency {self.sfreq / 2} Hz (--sfreq {self.sfreq})")
+        if self.l_freq and self.h_freq and self.l_freq >= self.h_freq:
+            raise ValueError(f"--l-freq {self.l_freq} must be below --h-freq {self.h_freq}")
+        if self.segment_samples < 1:
+            raise ValueError("--segment-seconds gives less than one sample")
+        if self.n_channels < 1:
+            raise ValueError("--n-channels must be >= 1")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError("--dtype must be float32 or float16")
+        if self.chunk_seconds < 1:
+            raise ValueError("chunk_seconds must be >= 1")
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples per segment at the output rate."""
+        return int(round(self.segment_seconds * self.sfreq))
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """Options that change the output (not chunking, fsync or QC)."""
+        d = dataclasses.asdict(self)
+        for k in ("chunk_seconds", "qc_seconds", "fsync"):
+            d.pop(k)
+        d["pipeline"] = _PIPELINE_VERSION
+        return d
+
+
+# ---------------------------------------------------------------------- streaming DSP
+class StreamingResampler:
+    """Chunked, exact equivalent of ``scipy.signal.resample_poly(x, up, down, axis=-1)``.
+
+    Feeding the signal in chunks of any sizes through :meth:`process` and then calling
+    :meth:`flush` returns, concatenated, what ``resample_poly`` (default Kaiser window,
+    zero padding) returns for the whole signal. Only ``~len(filter) / up`` input samples
+    are kept between calls.
+
+    Parameters
+    ----------
+    up, down : int
+        Rational rate change ``up / down`` (reduced by their gcd).
+    """
+
+    def __init__(self, up: int, down: int):
+        g = math.gcd(int(up), int(down))
+        self.up, self.down = int(up) // g, int(down) // g
+        self.identity = self.up == self.down == 1
+        max_rate = max(self.up, self.down, 2)  # (the filter is unused when identity)
+        half_len = 10 * max_rate  # same design as resample_poly's default
+        h = signal.firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+        n_pre_pad = self.down - half_len % self.down
+        # Leading zeros put output sample 0 at the filter centre; they are then skipped.
+        self.h = np.concatenate([np.zeros(n_pre_pad), h * self.up])
+        self.n_pre_remove = (half_len + n_pre_pad) // self.down
+        self._buf: Optional[np.ndarray] = None  # input kept for the filter overlap
+        self._buf_start = 0  # input index of _buf[:, 0], always a multiple of down
+        self._n_in = 0
+        self._next = self.n_pre_remove  # next index of the full upfirdn output to emit
+
+    @property
+    def support_out(self) -> int:
+        """Half-width of the filter in output samples (how far an input sample spreads)."""
+        return int(math.ceil(len(self.h) / 2 / self.down)) + 1
+
+    def n_out(self, n_in: int) -> int:
+        """Output length for ``n_in`` input samples (as ``resample_poly``)."""
+        return -(-n_in * self.up // self.down)
+
+    def _emit(self, stop: int) -> np.ndarray:
+        a = self._buf_start
+        off = a * self.up // self.down
+        full = signal.upfirdn(self.h, self._buf, self.up, self.down, axis=-1)
+        out = full[:, self._next - off:stop - off]
+        self._next = max(self._next, stop)
+        # Keep only the input the next output still needs.
+        first_needed = -(-(self._next * self.down - (len(self.h) - 1)) // self.up)
+        new_start = max(a, (max(first_needed, 0) // self.down) * self.down)
+        self._buf = self._buf[:, new_start - a:]
+        self._buf_start = new_start
+        return out
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """Feed ``(channels, n)`` samples; return the outputs now fully determined."""
+        if self.identity:
+            return x
+        self._buf = x if self._buf is None else np.concatenate([self._buf, x], axis=1)
+        self._n_in += x.shape[1]
+        stop = (self._n_in * self.up - 1) // self.down + 1
+        if stop <= self._next:
+            return np.empty((x.shape[0], 0))
+        return self._emit(stop)
+
+    def flush(self, n_channels: int) -> np.ndarray:
+        """End of signal: return the remaining outputs (zero padding past the end)."""
+        if self.identity:
+            return np.empty((n_channels, 0))
+        stop = self.n_pre_remove + self.n_out(self._n_in)
+        if self._buf is None or stop <= self._next:
+            return np.empty((n_channels, 0))
+        pad = np.zeros((self._buf.shape[0], len(self.h) // self.up + self.down + 2))
+        self._buf = np.concatenate([self._buf, pad], axis=1)
+        return self._emit(stop)
+
+
+class StreamingSOSFilter:
+    """Chunked ``scipy.signal.sosfilt`` along the last axis, state carried over.
+
+    The state starts at the steady state for the first input sample
+    (``sosfilt_zi(sos) * x[:, 0]``), so a constant offset causes no start transient.
+    Identical to filtering the whole signal at once with that ``zi``.
+    """
+
+    def __init__(self, sos: Optional[np.ndarray]):
+        self.sos = sos
+        self._zi: Optional[np.ndarray] = None
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """Filter the next ``(channels, n)`` chunk."""
+        if self.sos is None or x.shape[1] == 0:
+            return x
+        if self._zi is None:
+            self._zi = signal.sosfilt_zi(self.sos)[:, None, :] * x[None, :, :1]
+        y, self._zi = signal.sosfilt(self.sos, x, axis=-1, zi=self._zi)
+        return y
+
+
+def design_bandpass(l_freq: float, h_freq: float, sfreq: float, l_order: int = 4,
+                    h_order: int = 8) -> Optional[np.ndarray]:
+    """Butterworth high-pass (``l_order``) cascaded with low-pass (``h_order``) as SOS.
+
+    An edge of 0 is left out; returns None when both are 0. The steeper low-pass edge
+    attenuates 50 Hz line noise by ~30 dB with the default 40 Hz edge.
+    """
+    parts = []
+    if l_freq:
+        parts.append(signal.butter(l_order, l_freq, "highpass", fs=sfreq, output="sos"))
+    if h_freq:
+        parts.append(signal.butter(h_order, h_freq, "lowpass", fs=sfreq, output="sos"))
+    return np.concatenate(parts) if parts else None
+
+
+def rate_ratio(sfreq_in: float, sfreq_out: float) -> tuple[int, int]:
+    """``(up, down)`` with ``up / down ~= sfreq_out / sfreq_in`` (denominator <= 1000)."""
+    frac = Fraction(sfreq_out / sfreq_in).limit_denominator(1000)
+    return frac.numerator, frac.denominator
+
+
+# -------------------------------------------------------------------------- discovery
+def _is_bti(path: Path) -> bool:
+    return path.is_file() and path.name.startswith("c,rf")
+
+
+def _matches(path: Path, patterns: Sequence[str]) -> bool:
+    return any(path.match(p) for p in patterns)
+
+
+def discover_recordings(roots: Sequence[str | os.PathLike],
+                        patterns: Optional[Sequence[str]] = None
+                        ) -> tuple[list[tuple[Path, Path]], list[RecordingResult]]:
+    """Find recordings under ``roots``.
+
+    Parameters
+    ----------
+    roots : sequence of path-like
+        Directories searched recursively, or single recordings (a file, or a CTF
+        ``.ds`` folder).
+    patterns : sequence of str, optional
+        Glob patterns for names (``--pattern``); default :data:`DEFAULT_PATTERNS`.
+        Derived FIF files (``-epo.fif``, ``-cov.fif``, ...) and continuation parts of
+        split FIF files are skipped; nothing is looked for inside ``.ds`` folders.
+
+    Returns
+    -------
+    found : list of (path, root)
+        Sorted, unique recordings and the root each was found under.
+    problems : list of RecordingResult
+        A ``"failed"`` result per root that does not exist or holds no recording.
+    """
+    patterns = tuple(patterns or DEFAULT_PATTERNS)
+    found: dict[Path, Path] = {}
+    problems = []
+    for root in map(Path, roots):
+        if not root.exists():
+            problems.append(RecordingResult.failed(
+                _problem_id(root), str(root), f"{root}: path does not exist"))
+            continue
+        if root.is_file() or root.suffix.lower() == ".ds":
+            found.setdefault(root.resolve(), root)
+            continue
+        hits = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            for d in list(dirnames):
+                if d.lower().endswith(".ds"):
+                    dirnames.remove(d)  # a CTF dataset is one recording
+                    if _matches(here / d, patterns):
+                        hits.append(here / d)
+            dirnames.sort()
+            hits += [here / f for f in filenames if _matches(here / f, patterns)]
+        hits = [h for h in hits if not (_NOT_RAW.search(h.name) or _SPLIT_PART.search(h.name))]
+        if not hits:
+            problems.append(RecordingResult.failed(
+                _problem_id(root), str(root),
+                f"{root}: no recordings found (directory is empty or nothing matches "
+                f"{', '.join(patterns)})"))
+        for h in hits:
+            found.setdefault(h.resolve(), root)
+    ordered = sorted(found.items(), key=lambda kv: str(kv[0]))
+    return [(p, r) for p, r in ordered], problems
+
+
+def _problem_id(root: Path) -> str:
+    return "_input_" + make_recording_ids([(root, root.parent)])[0]
+
+
+def discover_bids(bids_root: str | os.PathLike, subjects: Optional[Sequence[str]] = None,
+                  sessions: Optional[Sequence[str]] = None,
+                  tasks: Optional[Sequence[str]] = None,
+                  runs: Optional[Sequence[str]] = None
+                  ) -> tuple[list[tuple[Path, Path]], list[RecordingResult]]:
+    """Find the MEG recordings of a BIDS dataset with mne-bids.
+
+    Parameters
+    ----------
+    bids_root : path-like
+        BIDS dataset root.
+    subjects, sessions, tasks, runs : sequence of str, optional
+        Keep only these entities (labels without the ``sub-``/``ses-``/... prefix).
+
+    Returns
+    -------
+    found, problems
+        As :func:`discover_recordings`; ``found`` paths are the recordings' files (or
+        ``.ds`` folders), with ``bids_root`` as root.
+    """
+    bids_root = Path(bids_root)
+    if not bids_root.is_dir():
+        what = "path does not exist" if not bids_root.exists() else "is not a directory"
+        return [], [RecordingResult.failed(_problem_id(bids_root), str(bids_root),
+                                           f"{bids_root}: {what}")]
+    from mne_bids import find_matching_paths
+
+    paths = find_matching_paths(
+        bids_root, subjects=subjects, sessions=sessions, tasks=tasks, runs=runs,
+        datatypes="meg", suffixes="meg",
+        extensions=[".fif", ".ds", ".sqd", ".con", ".pdf", ".bin"])
+    found = {}
+    for bp in paths:
+        fpath = Path(bp.fpath)
+        if _SPLIT_PART.search(fpath.name) or not fpath.exists():
+            continue
+        found.setdefault(fpath.resolve(), bids_root)
+    if not found:
+        return [], [RecordingResult.failed(
+            _problem_id(bids_root), str(bids_root),
+            f"{bids_root}: no MEG recordings found (datatype meg"
+            + "".join(f", {k}={v}" for k, v in (("subjects", subjects), ("sessions", sessions),
+                                               ("tasks", tasks), ("runs", runs)) if v)
+            + ")")]
+    return sorted(found.items(), key=lambda kv: str(kv[0])), []
+
+
+def make_tasks(found: Sequence[tuple[Path, Path]], params: PreprocessParams,
+               segments_root: str | os.PathLike, overwrite: bool = False
+               ) -> list[RecordingTask]:
+    """Turn discovered recordings into :class:`RecordingTask` for :func:`process_recording`."""
+    ids = make_recording_ids(found)
+    opts = {"params": params, "segments_root": str(segments_root), "overwrite": overwrite}
+    return [RecordingTask(rid, str(path), dict(opts)) for rid, (path, _) in zip(ids, found)]
+
+
+# ------------------------------------------------------------------------ reading/picks
+def open_raw(path: str | os.PathLike):
+    """Open a recording without loading its data (``preload=False``).
+
+    Raises
+    ------
+    RecordingError
+        Naming the file, when it does not exist or MNE cannot read it.
+    """
+    import mne
+
+    path = Path(path)
+    if not path.exists():
+        raise RecordingError(f"{path}: path does not exist")
+    try:
+        if _is_bti(path):
+            return mne.io.read_raw_bti(path, preload=False, verbose="error")
+        return mne.io.read_raw(path, preload=False, verbose="error")
+    except Exception as err:
+        raise RecordingError(f"{path}: cannot read recording (truncated or corrupt file?): "
+                             f"{type(err).__name__}: {err}") from err
+
+
+def _system(raw, picks: Sequence[int]) -> str:
+    from mne.io.constants import FIFF
+
+    coils = {raw.info["chs"][i]["coil_type"] & 0xFFFF for i in picks}
+    if coils & {FIFF.FIFFV_COIL_CTF_GRAD}:
+        family = "ctf"
+    elif coils & {FIFF.FIFFV_COIL_KIT_GRAD}:
+        family = "kit"
+    elif coils & {FIFF.FIFFV_COIL_MAGNES_MAG, FIFF.FIFFV_COIL_MAGNES_GRAD}:
+        family = "bti"
+    elif any(3000 <= c < 4000 for c in coils):
+        family = "neuromag"
+    else:
+        family = "meg"
+    return f"{family}{len(picks)}" if family == "neuromag" else family
+
+
+def select_channels(info, n_channels: int, path: str = "") -> dict[str, Any]:
+    """MEG data channels to use, and what was excluded.
+
+    Magnetometers and gradiometers only: reference sensors (``ref_meg``) and
+    ``info["bads"]`` are excluded; the rest, in file order, is truncated to
+    ``n_channels`` (or padded later with zero rows).
+
+    Returns
+    -------
+    sel : dict
+        ``picks`` (indices into ``info``), ``names``, ``types``, ``policy``
+        (``"exact"``/``"pad"``/``"truncate"``), ``output_names`` (``n_channels`` long,
+        ``"PAD"`` for padding), ``excluded`` (``{"reference", "bads", "truncated"}``),
+        ``n_meg``.
+
+    Raises
+    ------
+    RecordingError
+        When there is no usable MEG channel.
+    """
+    import mne
+
+    meg = mne.pick_types(info, meg=True, ref_meg=False, exclude=[])
+    refs = mne.pick_types(info, meg=False, ref_meg=True, exclude=[])
+    names = info["ch_names"]
+    if len(meg) == 0:
+        kinds = sorted(set(info.get_channel_types()))
+        raise RecordingError(f"{path}: no MEG channels (channel types present: "
+                             f"{', '.join(kinds) or 'none'})")
+    bads = [names[i] for i in meg if names[i] in info["bads"]]
+    good = [i for i in meg if names[i] not in info["bads"]]
+    if not good:
+        raise RecordingError(f"{path}: all {len(meg)} MEG channels are marked bad")
+    used, cut = good[:n_channels], good[n_channels:]
+    policy = "exact" if len(good) == n_channels else ("pad" if len(good) < n_channels
+                                                       else "truncate")
+    used_names = [names[i] for i in used]
+    return {
+        "picks": used,
+        "names": used_names,
+        "types": info.get_channel_types(picks=used),
+        "policy": policy,
+        "output_names": used_names + ["PAD"] * (n_channels - len(used)),
+        "excluded": {"reference": [names[i] for i in refs], "bads": bads,
+                     "truncated": [names[i] for i in cut]},
+        "n_meg": len(good),
+    }
+
+
+def _bad_annotation_spans(raw, sfreq_out: float, margin: int, n_out: int
+                          ) -> dict[str, list[tuple[int, int]]]:
+    """``BAD*`` annotations as output-sample spans: acquisition skips apart."""
+    spans: dict[str, list[tuple[int, int]]] = {"acquisition_skip": [], "bad_annotation": []}
+    ann = raw.annotations
+    if not len(ann):
+        return spans
+    # Onsets are relative to meas_date (then they include first_samp) or to the data start.
+    offset = raw.first_time if ann.orig_time is not None else 0.0
+    for onset, duration, desc in zip(ann.onset, ann.duration, ann.description):
+        if not desc.lower().startswith("bad"):
+            continue
+        key = "acquisition_skip" if desc.upper() == "BAD_ACQ_SKIP" else "bad_annotation"
+        start = int(math.floor((onset - offset) * sfreq_out)) - margin
+        stop = int(math.ceil((onset - offset + duration) * sfreq_out)) + margin
+        start, stop = max(start, 0), min(stop, n_out)
+        if stop > start:
+            spans[key].append((start, stop))
+    return spans
+
+
+def _span_mask(spans: Sequence[tuple[int, int]], start: int, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    for a, b in spans:
+        a, b = max(a - start, 0), min(b - start, n)
+        if b > a:
+            mask[a:b] = True
+    return mask
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ``[start, stop)`` runs of True in a 1-D boolean mask."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+# ------------------------------------------------------------------------ processing
+def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
+                     resampler: StreamingResampler, bandpass: StreamingSOSFilter,
+                     nan_spans: list[tuple[int, int]], ratio: float, margin: int,
+                     qc_in: list) -> Iterator[np.ndarray]:
+    """Pass 1 generator: resampled, band-passed ``(channels, n)`` chunks (float64)."""
+    sf_in = raw.info["sfreq"]
+    n_in = raw.n_times
+    chunk = max(int(params.chunk_seconds * sf_in), 1)
+    head = raw.get_data(picks=picks, start=0, stop=min(n_in, max(int(round(sf_in)), 1)))
+    with np.errstate(all="ignore"):
+        offset = np.nan_to_num(np.nanmean(head, axis=1))[:, None]
+    qc_need = int(params.qc_seconds * sf_in)
+    for start in range(0, n_in, chunk):
+        x = raw.get_data(picks=picks, start=start, stop=min(start + chunk, n_in))
+        x -= offset
+        bad = ~np.isfinite(x)
+        if bad.any():
+            for a, b in _runs(bad.any(axis=0)):
+                nan_spans.append((int(math.floor((start + a) * ratio)) - margin,
+                                  int(math.ceil((start + b) * ratio)) + margin))
+            x[bad] = 0.0
+        if qc_need > 0:
+            qc_in.append(x[:, :qc_need].astype(np.float32))
+            qc_need -= qc_in[-1].shape[1]
+        yield bandpass.process(resampler.process(x))
+    yield bandpass.process(resampler.flush(len(picks)))
+
+
+def process_recording(task: RecordingTask) -> RecordingResult:
+    """Preprocess one recording into segments (the worker of :func:`run_recordings`).
+
+    ``task.options``: ``params`` (:class:`PreprocessParams`), ``segments_root``,
+    ``overwrite`` (ignore an earlier done marker). Bad input raises
+    :class:`RecordingError`, which the runner turns into a ``"failed"`` result.
+    """
+    params: PreprocessParams = task.options["params"]
+    root = Path(task.options["segments_root"])
+    fingerprint = params_fingerprint(params.fingerprint_dict())
+    if not task.options.get("overwrite"):
+        done = load_done_marker(root, task.recording_id, fingerprint)
+        if done is not None:
+            return done
+    t0 = time.perf_counter()
+    path = task.source
+    raw = open_raw(path)
+    sel = select_channels(raw.info, params.n_channels, path)
+    picks = sel["picks"]
+    sf_in = float(raw.info["sfreq"])
+    result = RecordingResult(
+        task.recording_id, str(path), system=_system(raw, picks),
+        n_channels=params.n_channels, n_meg_channels=sel["n_meg"],
+        channel_policy=sel["policy"], channel_names=sel["output_names"],
+        excluded_channels=sel["excluded"], bad_channels=sel["excluded"]["bads"],
+        sfreq_in=sf_in, sfreq_out=params.sfreq, seconds_in=round(raw.n_times / sf_in, 4))
+    if sf_in < params.sfreq:
+        raise RecordingError(f"{path}: sampling rate {sf_in:g} Hz is below the requested "
+                             f"output rate --sfreq {params.sfreq:g} Hz")
+    if params.h_freq and params.h_freq >= sf_in / 2:
+        raise RecordingError(f"{path}: sampling rate {sf_in:g} Hz is too low for "
+                             f"--h-freq {params.h_freq:g} Hz (Nyquist {sf_in / 2:g} Hz)")
+    up, down = rate_ratio(sf_in, params.sfreq)
+    resampler = StreamingResampler(up, down)
+    ratio = resampler.up / resampler.down
+    n_out = resampler.n_out(raw.n_times)
+    L = params.segment_samples
+    if n_out < L:
+        raise RecordingError(
+            f"{path}: recording is {raw.n_times / sf_in:.3g} s long, shorter than one "
+            f"segment ({params.segment_seconds:g} s)")
+    margin = resampler.support_out if not resampler.identity else 0
+    spans = _bad_annotation_spans(raw, sf_in * ratio, margin, n_out)
+    nan_spans: list[tuple[int, int]] = []
+    spans["nan"] = nan_spans  # filled while streaming, before the outputs it covers
+    bandpass = StreamingSOSFilter(design_bandpass(params.l_freq, params.h_freq,
+                                                  params.sfreq, params.l_order,
+                                                  params.h_order))
+    rec_dir = prepare_recording_dir(root, task.recording_id)
+    try:
+        result = _write_recording(raw, task, params, sel, result, resampler, bandpass,
+                                  spans, nan_spans, margin, rec_dir)
+    except BaseException:
+        # A failed recording leaves nothing behind (no marker, no partial segments).
+        shutil.rmtree(rec_dir, ignore_errors=True)
+        raise
+    result.elapsed_s = round(time.perf_counter() - t0, 3)
+    write_done_marker(root, result, fingerprint)
+    return result
+
+
+def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: dict,
+                     result: RecordingResult, resampler: StreamingResampler,
+                     bandpass: StreamingSOSFilter, spans: dict, nan_spans: list,
+                     margin: int, rec_dir: Path) -> RecordingResult:
+    """The two streaming passes of :func:`process_recording` (writes the segments)."""
+    path, root, picks = task.source, rec_dir.parent, sel["picks"]
+    sf_in = float(raw.info["sfreq"])
+    ratio = resampler.up / resampler.down
+    L = params.segment_samples
+    tmp_path = rec_dir / ".stream.f32.tmp"
+    n_ch = len(picks)
+    s1 = np.zeros(n_ch)
+    s2 = np.zeros(n_ch)
+    count = 0
+    pos = 0
+    qc_in: list = []
+    # Pass 1: stream -> float32 temp file (time-major), statistics over good samples.
+    try:
+        with open(tmp_path, "wb") as tmp:
+            for y in _stream_filtered(raw, picks, params, resampler, bandpass, nan_spans,
+                                      ratio, margin, qc_in):
+                n = y.shape[1]
+                if n == 0:
+                    continue
+                good = ~(_span_mask([s for v in spans.values() for s in v], pos, n))
+                yg = y[:, good]
+                s1 += yg.sum(axis=1)
+                s2 += np.einsum("ij,ij->i", yg, yg)
+                count += int(good.sum())
+                tmp.write(np.ascontiguousarray(y.T, dtype=np.float32).tobytes())
+                pos += n
+        if count < 2:
+            raise RecordingError(f"{path}: no usable data (everything is inside BAD "
+                                 f"annotations or NaN)")
+        mean = s1 / count
+        std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
+        flat = _flat_channels(std, sel["types"], params.flat_ratio)
+        scale = np.where(flat, 0.0, 1.0 / np.where(std > 0, std, 1.0))
+        result.flat_channels = [sel["names"][i] for i in np.flatnonzero(flat)]
+        # Pass 2: z-score, zero flat channels, pad, segment, write.
+        segmenter = Segmenter(L, bad_spans={k: v for k, v in spans.items()})
+        qc_out: list = []
+        qc_need = int(params.qc_seconds * params.sfreq)
+
+        def normalized() -> Iterator[np.ndarray]:
+            nonlocal qc_need
+            block = L * max(1, int(params.chunk_seconds * params.sfreq) // L)
+            with open(tmp_path, "rb") as f:
+                while True:
+                    buf = f.read(block * n_ch * 4)
+                    if not buf:
+                        break
+                    z = np.frombuffer(buf, dtype=np.float32).reshape(-1, n_ch).T
+                    z = ((z - mean[:, None].astype(np.float32))
+                         * scale[:, None].astype(np.float32))
+                    if qc_need > 0:
+                        qc_out.append(z[~flat, :qc_need])
+                        qc_need -= qc_out[-1].shape[1]
+                    if params.n_channels > n_ch:
+                        z = np.concatenate(
+                            [z, np.zeros((params.n_channels - n_ch, z.shape[1]), z.dtype)])
+                    yield z
+
+        rows = write_segments(segmenter.segments(normalized()), root, task.recording_id,
+                              dtype=params.dtype, fsync=params.fsync)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    result.segments = rows
+    result.segments_written = len(rows)
+    result.segments_dropped = dict(sorted(segmenter.dropped.items()))
+    result.seconds_kept = round(len(rows) * L / params.sfreq, 4)
+    result.tail_seconds = round(segmenter.tail_samples / params.sfreq, 4)
+    result.qc = {
+        "before": qc_spectrum(np.concatenate(qc_in, axis=1), sf_in) if qc_in else {},
+        "after": (qc_spectrum(np.concatenate(qc_out, axis=1), params.sfreq)
+                  if qc_out else {}),
+    }
+    result.extra = {
+        "band": [params.l_freq, params.h_freq],
+        "resample_up_down": [resampler.up, resampler.down],
+        "sfreq_out_effective": sf_in * ratio,
+        "first_samp": int(raw.first_samp),
+        "bad_spans_seconds": {k: round(sum(b - a for a, b in v) / params.sfreq, 3)
+                              for k, v in spans.items()},
+    }
+    if not rows:
+        raise RecordingError(f"{path}: no segment left after dropping bad spans "
+                             f"({result.segments_dropped})")
+    return result
+
+
+def _flat_channels(std: np.ndarray, types: Sequence[str], ratio: float) -> np.ndarray:
+    """Channels whose std is 0 or below ``ratio`` x the median of their channel type."""
+    flat = std <= 0
+    types = np.asarray(types)
+    for kind in set(types.tolist()):
+        sel = types == kind
+        ref = np.median(std[sel])
+        flat[sel] |= std[sel] < ratio * ref
+    return flat

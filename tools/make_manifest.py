@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Raw MEG -> preprocessed ``.npy`` segments + fairseq TSV manifests.
+
+Subcommands (one small function each; a new input type adds ``add_<name>_args`` +
+``cmd_<name>`` and an entry in :data:`SUBCOMMANDS`)::
+
+    python tools/make_manifest.py raw ROOT [ROOT ...] --dest MANIFEST_DIR [options]
+    python tools/make_manifest.py bids BIDS_ROOT --dest MANIFEST_DIR [--subjects ...]
+
+Writes ``train.tsv``/``valid.tsv`` (first line: absolute segments root; then
+``relative/path.npy<TAB>num_time_samples``), the segments (``MANIFEST_DIR/segments/``
+unless ``--segments-dir``), ``report.json`` and ``qc.png``. Exit code 0 when nothing
+failed, 1 when any recording failed (the others are still processed), 2 for usage errors.
+Interrupted runs resume: run the same command again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _import_preprocessing():
+    """Import ``meg2vec_fairseq.preprocessing`` without running the package ``__init__``.
+
+    The package ``__init__`` registers the fairseq model/task and so imports fairseq and
+    torch (~3 s, ~370 MB per process); preprocessing needs neither. If the package is
+    already imported (e.g. in tests), it is used as is.
+    """
+    if "meg2vec_fairseq" not in sys.modules:
+        pkg_dir = None
+        spec = importlib.util.find_spec("meg2vec_fairseq")
+        if spec is not None and spec.submodule_search_locations:
+            pkg_dir = list(spec.submodule_search_locations)
+        elif (REPO / "meg2vec_fairseq").is_dir():
+            pkg_dir = [str(REPO / "meg2vec_fairseq")]
+        if pkg_dir:
+            stub = types.ModuleType("meg2vec_fairseq")
+            stub.__path__ = pkg_dir
+            stub.__file__ = str(Path(pkg_dir[0]) / "__init__.py")
+            sys.modules["meg2vec_fairseq"] = stub
+    segments = importlib.import_module("meg2vec_fairseq.preprocessing.segments")
+    recordings = importlib.import_module("meg2vec_fairseq.preprocessing.recordings")
+    return segments, recordings
+
+
+# ------------------------------------------------------------------------ options
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Options every subcommand shares: outputs, split, parallelism."""
+    g = p.add_argument_group("output")
+    g.add_argument("--dest", required=True, type=Path, metavar="MANIFEST_DIR",
+                   help="output directory for train.tsv, valid.tsv, report.json, qc.png "
+                        "(and segments/, see --segments-dir); created if missing")
+    g.add_argument("--segments-dir", type=Path, default=None, metavar="DIR",
+                   help="where the .npy segments go (default: MANIFEST_DIR/segments); the "
+                        "manifests' first line is its absolute path")
+    g.add_argument("--valid-percent", type=float, default=0.1, metavar="P",
+                   help="fraction of recordings (not segments) for valid.tsv, in [0, 1); "
+                        "with a single recording, the last fraction P of it in time "
+                        "(default: 0.1)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the deterministic train/valid split (default: 0)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="recordings processed in parallel, one process each (default: 1)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="reprocess recordings even if an earlier run finished them "
+                        "(default: reuse finished recordings, redo unfinished ones)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-qc", action="store_true", help="do not draw qc.png")
+
+
+def add_preprocessing_options(p: argparse.ArgumentParser) -> None:
+    """Signal options (raw and bids); defaults match LibriBrain (250 Hz) and the seed."""
+    g = p.add_argument_group("preprocessing")
+    g.add_argument("--sfreq", type=float, default=250.0,
+                   help="output sampling rate in Hz (polyphase resampling; default: 250)")
+    g.add_argument("--l-freq", type=float, default=1.0,
+                   help="band-pass low edge in Hz, 0 for none (default: 1)")
+    g.add_argument("--h-freq", type=float, default=40.0,
+                   help="band-pass high edge in Hz, 0 for none; must be below --sfreq/2 "
+                        "(default: 40)")
+    g.add_argument("--segment-seconds", type=float, default=5.0,
+                   help="segment length in seconds (default: 5)")
+    g.add_argument("--n-channels", type=int, default=306,
+                   help="rows per segment: MEG channels padded with zeros or truncated "
+                        "(default: 306)")
+    g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the saved segments (default: float32)")
+    g.add_argument("--chunk-seconds", type=float, default=10.0,
+                   help="seconds read per step; bounds memory, does not change the output "
+                        "(default: 10)")
+    g.add_argument("--no-fsync", action="store_true",
+                   help="do not fsync each segment (faster on slow disks; a power cut may "
+                        "then leave empty files, a killed process still cannot)")
+
+
+def _params(args, recordings):
+    params = recordings.PreprocessParams(
+        sfreq=args.sfreq, l_freq=args.l_freq, h_freq=args.h_freq,
+        segment_seconds=args.segment_seconds, n_channels=args.n_channels,
+        dtype=args.dtype, chunk_seconds=args.chunk_seconds, fsync=not args.no_fsync)
+    params.validate()
+    return params
+
+
+def _check_output_options(args) -> None:
+    if not 0 <= args.valid_percent < 1:
+        raise ValueError(f"--valid-percent must be in [0, 1), got {args.valid_percent}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+
+
+# -------------------------------------------------------------------- subcommands
+def add_raw_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("roots", nargs="+", metavar="ROOT",
+                   help="directory searched recursively, or a single recording (file or "
+                        "CTF .ds folder)")
+    p.add_argument("--pattern", action="append", metavar="GLOB", default=None,
+                   help="glob for recording names, repeatable (default: *.fif *.fif.gz "
+                        "*.ds *.sqd *.con c,rf*); derived FIF files (-epo, -cov, ...) and "
+                        "split-file continuations are always skipped")
+    add_preprocessing_options(p)
+    add_output_options(p)
+
+
+def cmd_raw(args, parser) -> int:
+    segments, recordings = _import_preprocessing()
+    found, problems = recordings.discover_recordings(args.roots, args.pattern)
+    return _run_mne(args, parser, found, problems, segments, recordings, args.roots)
+
+
+def add_bids_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bids_root", metavar="BIDS_ROOT", type=Path, help="BIDS dataset root")
+    p.add_argument("--subjects", nargs="+", default=None, metavar="LABEL",
+                   help="only these subjects (labels without 'sub-')")
+    p.add_argument("--sessions", nargs="+", default=None, metavar="LABEL",
+                   help="only these sessions (labels without 'ses-')")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="LABEL",
+                   help="only these tasks (labels without 'task-')")
+    p.add_argument("--runs", nargs="+", default=None, metavar="LABEL",
+                   help="only these runs (labels without 'run-')")
+    add_preprocessing_options(p)
+    add_output_options(p)
+
+
+def cmd_bids(args, parser) -> int:
+    segments, recordings = _import_preprocessing()
+    found, problems = recordings.discover_bids(args.bids_root, args.subjects, args.sessions,
+                                               args.tasks, args.runs)
+    return _run_mne(args, parser, found, problems, segments, recordings, [args.bids_root])
+
+
+def _run_mne(args, parser, found, problems, segments, recordings, inputs) -> int:
+    """Shared body of ``raw`` and ``bids``: process, finalize, summarize."""
+    try:
+        _check_output_options(args)
+        params = _params(args, recordings)
+    except ValueError as err:
+        parser.error(str(err))
+    segments_root = (args.segments_dir or args.dest / "segments").resolve()
+    segments_root.mkdir(parents=True, exist_ok=True)
+    tasks = recordings.make_tasks(found, params, segments_root, overwrite=args.overwrite)
+    t0 = time.perf_counter()
+    results = segments.run_recordings(recordings.process_recording, tasks, jobs=args.jobs,
+                                      progress=not args.no_progress)
+    results += problems
+    run_params = {"command": args.command, **params.fingerprint_dict(),
+                  "valid_percent": args.valid_percent, "seed": args.seed,
+                  "segments_root": str(segments_root), "inputs": [str(i) for i in inputs]}
+    return finish(args, segments, results, segments_root, run_params,
+                  time.perf_counter() - t0)
+
+
+def finish(args, segments, results, segments_root, run_params, elapsed: float) -> int:
+    """Write manifests/report/QC, print the summary; returns the exit code (0 or 1)."""
+    out = segments.finalize_outputs(args.dest, segments_root, results, run_params,
+                                    args.valid_percent, args.seed, qc=not args.no_qc)
+    s = segments.summarize(results)
+    n_train, n_valid = len(out["splits"]["train"]), len(out["splits"]["valid"])
+    print(f"{s['recordings']} recording(s): {s['ok']} ok, {s['skipped']} already done, "
+          f"{s['failed']} failed; {s['segments_written']} segments "
+          f"({s['seconds_kept']:.1f} s; train {n_train}, valid {n_valid}); "
+          f"dropped {s['segments_dropped'] or 0}; {elapsed:.1f} s")
+    for r in results:
+        if r.status == "failed":
+            print(f"  FAILED {r.recording_id}: {r.reason}")
+    print(f"manifests: {out['manifests']['train']} {out['manifests']['valid']}; "
+          f"report: {out['report']}" + (f"; qc: {out['qc']}" if out["qc"] else ""))
+    return 1 if s["failed"] else 0
+
+
+#: name -> (add arguments, run, help). Add new input types here.
+SUBCOMMANDS = {
+    "raw": (add_raw_args, cmd_raw,
+            "recordings MNE reads (.fif, CTF .ds, KIT .sqd/.con, BTi c,rf*) under ROOTs"),
+    "bids": (add_bids_args, cmd_bids, "MEG recordings of a BIDS dataset (mne-bids)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="make_manifest.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_args, run, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(run=run, subparser=p)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.run(args, args.subparser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
