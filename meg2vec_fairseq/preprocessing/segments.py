@@ -825,6 +825,7 @@ def _safe_call(fn: Callable[[RecordingTask], RecordingResult], task: RecordingTa
         result = fn(task)
     except InputError as err:
         detail = str(err)
+        result = RecordingResult.failed(task.recording_id, task.source, detail)
     except Exception as err:  # one bad recording never stops the others
         detail = f"{type(err).__name__}: {err}"
         result = RecordingResult.failed(task.recording_id, task.source, detail)
