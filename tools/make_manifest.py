@@ -6,6 +6,7 @@ Subcommands (one small function each; a new input type adds ``add_<name>_args`` 
 
     python tools/make_manifest.py raw ROOT [ROOT ...] --dest MANIFEST_DIR [options]
     python tools/make_manifest.py bids BIDS_ROOT --dest MANIFEST_DIR [--subjects ...]
+    python tools/make_manifest.py libribrain DATA_PATH --dest MANIFEST_DIR [--download ...]
 
 Writes ``train.tsv``/``valid.tsv`` (first line: absolute segments root; then
 ``relative/path.npy<TAB>num_time_samples``), the segments (``MANIFEST_DIR/segments/``
@@ -196,11 +197,103 @@ def finish(args, segments, results, segments_root, run_params, elapsed: float) -
     return 1 if s["failed"] else 0
 
 
+def add_libribrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_path", metavar="DATA_PATH", type=Path,
+                   help="pnpl's data_path: the directory holding Sherlock1/ ... (created "
+                        "only with --download)")
+    g = p.add_argument_group("LibriBrain (pnpl owns run keys, partitions, file names)")
+    g.add_argument("--dataset", choices=("libribrain", "libribrain100"), default="libribrain",
+                   help="pnpl's LibriBrain or LibriBrain100 run list (default: libribrain)")
+    g.add_argument("--train-partition", default="train", metavar="NAME",
+                   help="pnpl partition for train.tsv and the statistics (default: train)")
+    g.add_argument("--valid-partition", default="validation", metavar="NAME",
+                   help="pnpl partition for valid.tsv, 'none' for no valid runs "
+                        "(default: validation)")
+    for side in ("train", "valid"):
+        g.add_argument(f"--{side}-run-keys", nargs="+", default=[], metavar="SUB,SES,TASK,RUN",
+                       help=f"explicit {side} runs, e.g. 0,1,Sherlock1,1; override "
+                            f"--{side}-partition")
+    g.add_argument("--exclude-run-keys", nargs="+", default=[], metavar="SUB,SES,TASK,RUN",
+                   help="runs left out of both train and valid")
+    g.add_argument("--preprocessing-str", default="pnpl-default", metavar="P",
+                   help="the _proc-<P> part of pnpl's file names, 'none' for none "
+                        "(default: pnpl's, bads+headpos+sss+notch+bp+ds)")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
+                   help="z-score each channel with the training runs' mean/std (default: on)")
+    g.add_argument("--clip", default="10", metavar="C",
+                   help="then clip to [-C, C] like pnpl, 'none' for no clip (default: 10)")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=False,
+                   help="fetch missing runs through pnpl (network); default off: nothing "
+                        "touches the network and a missing file is an error for that run")
+    g.add_argument("--segment-seconds", type=float, default=5.0,
+                   help="segment length in seconds (default: 5)")
+    g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the saved segments (default: float32)")
+    g.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="seconds read per step; bounds memory (default: 30)")
+    g.add_argument("--no-fsync", action="store_true", help="do not fsync each segment")
+    add_output_options(p)
+    # The split is pnpl's partitions (or explicit run keys), never a random one.
+    p.set_defaults(valid_percent=None, seed=None)
+
+
+def cmd_libribrain(args, parser) -> int:
+    _import_preprocessing()
+    lb = importlib.import_module("meg2vec_fairseq.preprocessing.libribrain")
+    none = ("none", "")
+    try:
+        if args.valid_percent is not None or args.seed is not None:
+            raise lb.LibriBrainError("--valid-percent/--seed do not apply: the split is "
+                                     "--valid-partition or --valid-run-keys")
+        cfg = lb.LibriBrainConfig(
+            data_path=str(args.data_path), dest=str(args.dest), dataset=args.dataset,
+            train_partition=None if args.train_partition.lower() in none else args.train_partition,
+            valid_partition=None if args.valid_partition.lower() in none else args.valid_partition,
+            train_run_keys=[lb.parse_run_key(k) for k in args.train_run_keys],
+            valid_run_keys=[lb.parse_run_key(k) for k in args.valid_run_keys],
+            exclude_run_keys=[lb.parse_run_key(k) for k in args.exclude_run_keys],
+            preprocessing_str=None if args.preprocessing_str.lower() in none
+            else args.preprocessing_str,
+            standardize=args.standardize,
+            clip=None if args.clip.lower() in none else float(args.clip),
+            download=args.download, segment_seconds=args.segment_seconds, dtype=args.dtype,
+            jobs=args.jobs, overwrite=args.overwrite, chunk_seconds=args.chunk_seconds,
+            segments_root=str(args.segments_dir) if args.segments_dir else None,
+            progress=not args.no_progress, qc=not args.no_qc, fsync=not args.no_fsync)
+        cfg.check()
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        selection = lb.select_runs(cfg.dataset, cfg.train_partition, cfg.valid_partition,
+                                   cfg.train_run_keys, cfg.valid_run_keys, cfg.exclude_run_keys)
+    except ValueError as err:  # LibriBrainError is a ValueError
+        parser.error(str(err))
+    t0 = time.perf_counter()
+    try:
+        out = lb.make_libribrain_manifests(cfg, selection)
+    except lb.LibriBrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    s = out["outputs"]["splits"]
+    summary = lb.seg.summarize(out["results"])
+    print(f"{summary['recordings']} run(s): {summary['ok']} ok, {summary['skipped']} already "
+          f"done, {summary['failed']} failed; train {len(s['train'])}, valid "
+          f"{len(s['valid'])} segments; {time.perf_counter() - t0:.1f} s")
+    for r in out["results"]:
+        if r.status == "failed":
+            print(f"  FAILED {r.recording_id}: {r.reason}")
+    print(f"manifests: {out['outputs']['manifests']['train']} "
+          f"{out['outputs']['manifests']['valid']}; statistics: "
+          f"{Path(cfg.dest) / lb.STATS_FILENAME}; report: {out['outputs']['report']}")
+    return 1 if out["failed"] else 0
+
+
 #: name -> (add arguments, run, help). Add new input types here.
 SUBCOMMANDS = {
     "raw": (add_raw_args, cmd_raw,
             "recordings MNE reads (.fif, CTF .ds, KIT .sqd/.con, BTi c,rf*) under ROOTs"),
     "bids": (add_bids_args, cmd_bids, "MEG recordings of a BIDS dataset (mne-bids)"),
+    "libribrain": (add_libribrain_args, cmd_libribrain,
+                   "LibriBrain runs as pnpl lays them out (HDF5), offline by default"),
 }
 
 
