@@ -62,7 +62,7 @@ _FAMILY_MODULES = {
 _ENTITY_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
-class LibriBrainError(ValueError):
+class LibriBrainError(seg.InputError, ValueError):
     """Bad LibriBrain input: names the run key and/or file and what is wrong."""
 
 
@@ -933,7 +933,8 @@ def _channel_names(path: str) -> List[str]:
     return names if len(names) == N_CHANNELS else []
 
 
-def make_libribrain_manifests(cfg: LibriBrainConfig) -> dict:
+def make_libribrain_manifests(cfg: LibriBrainConfig,
+                              selection: Optional[RunSelection] = None) -> dict:
     """LibriBrain -> ``.npy`` segments, ``train.tsv``/``valid.tsv``, stats, report, QC.
 
     Steps: select runs (:func:`select_runs`); find (or, with ``download``, fetch) their files
@@ -949,6 +950,8 @@ def make_libribrain_manifests(cfg: LibriBrainConfig) -> dict:
     Parameters
     ----------
     cfg : LibriBrainConfig
+    selection : RunSelection, optional
+        Result of :func:`select_runs` for ``cfg`` if already computed.
 
     Returns
     -------
@@ -962,8 +965,9 @@ def make_libribrain_manifests(cfg: LibriBrainConfig) -> dict:
         Bad options, or no training run usable (nothing sensible to write).
     """
     cfg.check()
-    selection = select_runs(cfg.dataset, cfg.train_partition, cfg.valid_partition,
-                            cfg.train_run_keys, cfg.valid_run_keys, cfg.exclude_run_keys)
+    if selection is None:
+        selection = select_runs(cfg.dataset, cfg.train_partition, cfg.valid_partition,
+                                cfg.train_run_keys, cfg.valid_run_keys, cfg.exclude_run_keys)
     proc = pnpl_default_preprocessing_str() if cfg.preprocessing_str == PNPL_DEFAULT \
         else cfg.preprocessing_str
     dest = os.path.abspath(cfg.dest)
