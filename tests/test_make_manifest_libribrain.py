@@ -359,3 +359,99 @@ def test_changing_training_runs_recomputes_everything(tree, tmp_path):
     out = _run(root, dest, train_run_keys=[FIRST_TRAIN_KEY])
     assert {r.status for r in out["results"]} == {"ok"}  # new stats -> new segments
     assert not np.allclose(lb.load_channel_stats(str(dest)).means, first, atol=0)
+
+
+# -------------------------------------------------------------------- command line, offline
+
+TOOL = os.path.join(REPO, "tools", "make_manifest.py")
+
+# Imported by the interpreter at start-up (PYTHONPATH): every connection attempt is logged to
+# $NET_GUARD_LOG and refused. pnpl swallows fetch errors, so the log is what the test checks.
+SITECUSTOMIZE = '''
+import os, socket
+_LOG = os.environ["NET_GUARD_LOG"]
+def _refuse(*args, **kwargs):
+    with open(_LOG, "a") as f:
+        f.write(repr(args[1:3]) + "\\n")
+    raise OSError("network access refused by the test's sitecustomize")
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+'''
+
+
+def _guarded(tmp_path):
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "net.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PNPL_")}
+    env.update(PYTHONPATH=str(guard), NET_GUARD_LOG=str(log),
+               PNPL_CACHE_DIR=str(tmp_path / "pnpl_cache"))  # no cached constants to hide a fetch
+    # A .env that would switch pnpl's remote constants back on if pnpl loaded it.
+    (tmp_path / ".env").write_text("PNPL_REMOTE_CONSTANTS_DISABLED=false\n"
+                                   "PNPL_REMOTE_CONSTANTS_URL=http://example.invalid/c.json\n")
+    return env, log
+
+
+def test_nothing_touches_the_network_with_downloads_off(tree, tmp_path):
+    import subprocess
+
+    root, _ = tree
+    env, log = _guarded(tmp_path)
+    # Control: plain pnpl in the same environment does try the network (.env + remote fetch).
+    control = subprocess.run(
+        [sys.executable, "-c", "from pnpl.datasets.libribrain2025 import constants as c; "
+                               "print(len(c.RUN_KEYS))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert control.returncode == 0, control.stderr
+    assert log.is_file() and log.read_text(), "the guard did not see pnpl's fetch"
+    log.unlink()
+    missing = "0,3,Sherlock1,1"
+    res = subprocess.run(
+        [sys.executable, TOOL, "libribrain", str(root), "--dest", str(tmp_path / "out"),
+         "--train-run-keys", "0,1,Sherlock1,1", missing, "--segment-seconds", "1",
+         "--no-progress", "--no-qc"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr  # the missing run, nothing else
+    assert f"run {missing}: file not found" in res.stdout
+    assert not log.exists(), log.read_text()
+    assert (tmp_path / "out" / "train.tsv").is_file() and (tmp_path / "out" / "valid.tsv").is_file()
+
+
+def _cli(argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_manifest_tool", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train-partition", "trian"], "unknown libribrain partition 'trian'"),
+    (["--exclude-run-keys", "0,1,Sherlock1"], "malformed run key '0,1,Sherlock1'"),
+    (["--valid-percent", "0.2"], "--valid-percent/--seed do not apply"),
+])
+def test_cli_usage_errors(tree, tmp_path, capsys, extra, message):
+    root, _ = tree
+    with pytest.raises(SystemExit) as exc:
+        _cli(["libribrain", root, "--dest", tmp_path / "out", *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_missing_data_path(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _cli(["libribrain", tmp_path / "nope", "--dest", tmp_path / "out"])
+    assert exc.value.code == 2 and "nope does not exist" in capsys.readouterr().err
+
+
+def test_cli_libribrain100_same_layout(tree, tmp_path, capsys):
+    root, _ = tree
+    rc = _cli(["libribrain", root, "--dest", tmp_path / "out", "--dataset", "libribrain100",
+               "--train-run-keys", "0,1,Sherlock1,1", "--valid-run-keys", "0,11,Sherlock1,2",
+               "--segment-seconds", "2", "--no-progress", "--no-qc", "--no-fsync"])
+    assert rc == 0, capsys.readouterr()
+    _, rows = _manifest(tmp_path / "out", "valid")
+    assert _run_ids(rows) == [lb.run_key_name(VALIDATION_KEY)] and len(rows) == 2
