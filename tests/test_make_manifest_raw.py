@@ -6,6 +6,13 @@ recordings are read from ``../shared/real_meg`` (skipped when absent).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +138,395 @@ def test_run_recordings_isolates_failures(jobs):
     out = seg.run_recordings(_fail_or_echo, tasks, jobs=jobs, progress=False)
     assert [r.status for r in out] == ["ok", "failed", "ok"]
     assert "s1: broken" in out[1].reason
+
+
+# ------------------------------------------------------------------------ helpers
+def _load_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_manifest_tool", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return _load_tool()
+
+
+def make_fif(path, seconds=6.0, sfreq=1000.0, n_mag=102, n_grad=204, seed=0,
+             sines=((10.0, 1.0), (25.0, 1.0)), noise=0.1, bads=(), flat=(), eeg_only=False,
+             annotations=(), nan_at=None, first_samp=0, meas_date=None):
+    """Write a generated recording: per channel a sine mixture + white noise."""
+    import mne
+
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sfreq))
+    t = np.arange(n) / sfreq
+    if eeg_only:
+        names, types = [f"EEG{i:03d}" for i in range(8)], ["eeg"] * 8
+    else:
+        names = [f"MAG{i:03d}" for i in range(n_mag)] + [f"GRD{i:03d}" for i in range(n_grad)]
+        types = ["mag"] * n_mag + ["grad"] * n_grad
+    x = noise * rng.standard_normal((len(names), n))
+    for f, a in sines:
+        x += a * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi, (len(names), 1)))
+    x += rng.standard_normal((len(names), 1)) * 5  # DC offsets
+    scale = np.array([1e-12 if k == "mag" else 1e-11 if k == "grad" else 1e-5 for k in types])
+    x *= scale[:, None]
+    for i in flat:
+        x[i] = 3e-12  # constant: flat
+    if nan_at is not None:
+        x[1, int(nan_at * sfreq):int(nan_at * sfreq) + 5] = np.nan
+    info = mne.create_info(names, sfreq, types)
+    info["bads"] = [names[i] for i in bads]
+    raw = mne.io.RawArray(x, info, first_samp=first_samp, verbose=False)
+    if meas_date is not None:
+        raw.set_meas_date(meas_date)
+    if annotations:
+        onsets = [o + (raw.first_time if meas_date is not None else 0) for o, _, _ in annotations]
+        raw.set_annotations(mne.Annotations(onsets, [d for _, d, _ in annotations],
+                                            [k for _, _, k in annotations],
+                                            orig_time=raw.info["meas_date"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw.save(path, overwrite=True, verbose=False)
+    return path
+
+
+def read_tsv(path):
+    lines = Path(path).read_text().splitlines()
+    return lines[0], [(rel, int(n)) for rel, n in (ln.split("\t") for ln in lines[1:])]
+
+
+def load_recording(dest, rec_id, split="train"):
+    """Concatenate one recording's segments from the manifests, in time order."""
+    rows = []
+    for name in ("train", "valid"):
+        root, r = read_tsv(Path(dest) / f"{name}.tsv")
+        rows += [(Path(root) / rel) for rel, _ in r if rel.startswith(rec_id + "/")]
+    rows.sort()
+    return np.concatenate([np.load(p) for p in rows], axis=1)
+
+
+def report(dest):
+    rep = json.loads((Path(dest) / "report.json").read_text())
+    return {r["recording_id"]: r for r in rep["recordings"]}
+
+
+def lockin_amplitude(x, f, sfreq):
+    t = np.arange(x.shape[-1]) / sfreq
+    return 2 * np.abs(np.mean(x * np.exp(-2j * np.pi * f * t), axis=-1))
+
+
+# ------------------------------------------------------------ generated recordings
+def test_generated_recording_shapes_rate_band_and_zscore(tmp_path, tool):
+    """306-ch 1 kHz sine mixture -> (306, 250) float32 segments at 250 Hz; band 1-40 kept."""
+    sines = ((0.25, 1.0), (10.0, 1.0), (25.0, 1.0), (80.0, 1.0), (300.0, 1.0))
+    src = make_fif(tmp_path / "in" / "gen_raw.fif", seconds=20, sines=sines, noise=0.01)
+    dest = tmp_path / "out"
+    rc = tool.main(["raw", str(src), "--dest", str(dest), "--segment-seconds", "1",
+                    "--valid-percent", "0.1", "--no-progress"])
+    assert rc == 0
+    root, train = read_tsv(dest / "train.tsv")
+    _, valid = read_tsv(dest / "valid.tsv")
+    assert root == str((dest / "segments").resolve())
+    assert len(train) == 18 and len(valid) == 2  # single recording: last 10 % in time
+    assert max(r for r, _ in train) < min(r for r, _ in valid)
+    assert all(n == 250 for _, n in train + valid)
+    seg0 = np.load(Path(root) / train[0][0])
+    assert seg0.shape == (306, 250) and seg0.dtype == np.float32
+    entry = report(dest)["gen_raw"]
+    assert entry["status"] == "ok" and entry["sfreq_out"] == 250 and entry["sfreq_in"] == 1000
+    assert entry["channel_policy"] == "exact" and entry["system"] == "neuromag306"
+    assert entry["segments_written"] == 20 and entry["seconds_kept"] == 20
+    x = load_recording(dest, "gen_raw").astype(np.float64)
+    assert x.shape == (306, 5000)
+    # z-scored per channel over the recording
+    np.testing.assert_allclose(x.mean(axis=1), 0, atol=1e-4)
+    np.testing.assert_allclose(x.std(axis=1), 1, atol=1e-4)
+    # spectrum, after the start transient: passband kept, stopbands removed
+    y = x[:, 1000:]  # 4 s .. 20 s = 16 s, integer cycles of every test frequency
+    amp = {f: lockin_amplitude(y, f, 250.0).mean() for f in (0.25, 10.0, 25.0, 50.0, 80.0)}
+    assert abs(amp[25.0] / amp[10.0] - 1) < 0.02
+    assert amp[80.0] < 0.01 * amp[10.0]     # above the 40 Hz edge
+    assert amp[50.0] < 0.01 * amp[10.0]     # 300 Hz would alias to 50 Hz without anti-alias
+    assert amp[0.25] < 0.02 * amp[10.0]     # below the 1 Hz edge
+    assert (dest / "qc.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("sfreq,chunk", [(1000.0, 1.0), (600.0, 1.3)])
+def test_streaming_matches_whole_recording(tmp_path, sfreq, chunk):
+    """Chunked processing == resample_poly + sosfilt + z-score of the whole recording."""
+    import mne
+    from scipy import signal
+
+    from meg2vec_fairseq.preprocessing import recordings as rec
+
+    src = make_fif(tmp_path / "r_raw.fif", seconds=13.7, sfreq=sfreq, n_mag=6, n_grad=6,
+                   sines=((3.0, 1.0), (17.0, 0.5), (60.0, 1.0)), noise=1.0)
+    params = rec.PreprocessParams(segment_seconds=0.5, n_channels=12, chunk_seconds=chunk)
+    task = seg.RecordingTask("r", str(src), {"params": params,
+                                             "segments_root": str(tmp_path / "seg")})
+    res = rec.process_recording(task)
+    got = np.concatenate([np.load(tmp_path / "seg" / p) for p, _ in res.segments], axis=1)
+
+    x = mne.io.read_raw_fif(src, preload=True, verbose=False).get_data()
+    x = x - x[:, :int(sfreq)].mean(axis=1, keepdims=True)
+    up, down = rec.rate_ratio(sfreq, 250.0)
+    y = signal.resample_poly(x, up, down, axis=-1)
+    sos = np.concatenate([signal.butter(4, 1.0, "highpass", fs=250.0, output="sos"),
+                          signal.butter(8, 40.0, "lowpass", fs=250.0, output="sos")])
+    y, _ = signal.sosfilt(sos, y, axis=-1, zi=signal.sosfilt_zi(sos)[:, None, :] * y[:, :1])
+    z = (y - y.mean(axis=1, keepdims=True)) / y.std(axis=1, keepdims=True)
+    assert got.shape == (12, z.shape[1] // 125 * 125)
+    np.testing.assert_allclose(got, z[:, :got.shape[1]], rtol=0, atol=3e-6)
+
+
+def test_channels_flat_bads_annotations_nan(tmp_path):
+    """Bads excluded, flat zeroed, padding/truncation recorded, bad spans dropped+counted."""
+    from meg2vec_fairseq.preprocessing import recordings as rec
+
+    src = make_fif(tmp_path / "a_raw.fif", seconds=20, n_mag=10, n_grad=10, bads=[3],
+                   flat=[12], nan_at=15.5, first_samp=4321, meas_date=1.6e9,
+                   annotations=[(5.2, 0.4, "BAD_ACQ_SKIP"), (10.2, 0.2, "BAD_blink"),
+                                (12.5, 0.2, "stimulus")])
+    params = rec.PreprocessParams(segment_seconds=1.0, n_channels=306)
+    opts = {"params": params, "segments_root": str(tmp_path / "seg")}
+    res = rec.process_recording(seg.RecordingTask("a", str(src), opts))
+    assert res.segments_dropped == {"acquisition_skip": 1, "bad_annotation": 1, "nan": 1}
+    assert [int(p[-10:-4]) for p, _ in res.segments] == [
+        i for i in range(20) if i not in (5, 10, 15)]
+    assert res.bad_channels == ["MAG003"] and "MAG003" not in res.channel_names
+    assert res.flat_channels == ["GRD002"]
+    assert res.channel_policy == "pad" and res.n_meg_channels == 19
+    assert res.channel_names[19:] == ["PAD"] * (306 - 19)
+    x = np.load(tmp_path / "seg" / res.segments[0][0])
+    assert x.shape == (306, 250)
+    assert not x[res.channel_names.index("GRD002")].any() and not x[19:].any()
+    assert x[:19].std() > 0.5
+
+    trunc = rec.PreprocessParams(segment_seconds=1.0, n_channels=8)
+    res = rec.process_recording(seg.RecordingTask("b", str(src), {**opts, "params": trunc}))
+    assert res.channel_policy == "truncate" and len(res.channel_names) == 8
+    assert res.excluded_channels["truncated"][:2] == ["MAG009", "GRD000"]  # MAG003 is bad
+    assert np.load(tmp_path / "seg" / res.segments[0][0]).shape == (8, 250)
+
+
+def test_split_by_recording_deterministic_jobs_float16(tmp_path, tool):
+    srcs = [make_fif(tmp_path / "in" / f"s{i}" / f"rec{i}_raw.fif", seconds=3, seed=i,
+                     n_mag=4, n_grad=8) for i in range(5)]
+    assert len(srcs) == 5
+
+    def run(dest, seed, jobs):
+        rc = tool.main(["raw", str(tmp_path / "in"), "--dest", str(dest), "--seed", str(seed),
+                        "--valid-percent", "0.4", "--jobs", str(jobs), "--dtype", "float16",
+                        "--segment-seconds", "1", "--n-channels", "16", "--no-progress"])
+        assert rc == 0
+        (_, train), (_, valid) = read_tsv(dest / "train.tsv"), read_tsv(dest / "valid.tsv")
+        return ({r.split("/")[0] for r, _ in train}, {r.split("/")[0] for r, _ in valid},
+                train, valid)
+
+    tr, va, train, valid = run(tmp_path / "o1", seed=3, jobs=2)
+    assert len(va) == 2 and len(tr) == 3 and not tr & va
+    assert len(train) == 9 and len(valid) == 6
+    assert np.load(Path(read_tsv(tmp_path / "o1/train.tsv")[0]) / train[0][0]).dtype \
+        == np.float16
+    assert run(tmp_path / "o2", seed=3, jobs=1)[:2] == (tr, va)
+    assert any(run(tmp_path / f"o{s}", seed=s, jobs=1)[1] != va for s in (4, 5, 6))
+
+
+def test_bad_inputs_reported_others_processed(tmp_path, tool, capsys):
+    d = tmp_path / "in"
+    good = make_fif(d / "good_raw.fif", seconds=4, n_mag=3, n_grad=3)
+    make_fif(d / "eeg_raw.fif", seconds=4, eeg_only=True)
+    make_fif(d / "short_raw.fif", seconds=1.5, n_mag=3, n_grad=3)
+    make_fif(d / "lowrate_raw.fif", seconds=4, sfreq=100.0, n_mag=3, n_grad=3,
+             sines=((5.0, 1.0),))
+    full = make_fif(tmp_path / "t_raw.fif", seconds=4, n_mag=3, n_grad=3).read_bytes()
+    (d / "trunc_raw.fif").write_bytes(full[: len(full) // 2])
+    (d / "corrupt_raw.fif").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "empty").mkdir()
+    dest = tmp_path / "out"
+    rc = tool.main(["raw", str(d), str(tmp_path / "missing"), str(tmp_path / "empty"),
+                    "--dest", str(dest), "--segment-seconds", "2", "--no-progress"])
+    assert rc == 1
+    rep = report(dest)
+    expect = {
+        "eeg_raw": "no MEG channels",
+        "short_raw": "shorter than one segment",
+        "lowrate_raw": "sampling rate 100 Hz is below the requested output rate",
+        "trunc_raw": "truncated or corrupt",
+        "corrupt_raw": "truncated or corrupt",
+        "_input_missing": "path does not exist",
+        "_input_empty": "no recordings found",
+    }
+    for rid, text in expect.items():
+        assert rep[rid]["status"] == "failed" and text in rep[rid]["reason"], rep[rid]
+        if rid.startswith(("eeg", "short", "low", "trunc", "corrupt")):
+            assert rep[rid]["reason"].startswith(str(d / rid)), rep[rid]["reason"]
+            assert not (dest / "segments" / rid).exists()
+    assert rep["good_raw"]["status"] == "ok" and rep["good_raw"]["segments_written"] == 2
+    out = capsys.readouterr().out
+    assert "7 failed" in out and "no MEG channels" in out
+    _, train = read_tsv(dest / "train.tsv")
+    _, valid = read_tsv(dest / "valid.tsv")
+    assert {r.split("/")[0] for r, _ in train + valid} == {"good_raw"}
+    assert good.exists()
+
+
+def test_usage_errors_exit_2_and_help(tmp_path, tool, capsys):
+    for argv in (["raw", str(tmp_path)],  # no --dest
+                 ["raw", str(tmp_path), "--dest", str(tmp_path / "o"), "--h-freq", "200"],
+                 ["raw", str(tmp_path), "--dest", str(tmp_path / "o"), "--dtype", "int8"],
+                 ["raw", str(tmp_path), "--dest", str(tmp_path / "o"), "--valid-percent", "1"],
+                 ["nosuch"]):
+        with pytest.raises(SystemExit) as exc:
+            tool.main(argv)
+        assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        tool.main(["raw", "--help"])
+    text = capsys.readouterr().out
+    for opt in ("--dest", "--pattern", "--valid-percent", "--seed", "--sfreq", "--l-freq",
+                "--h-freq", "--segment-seconds", "--n-channels", "--dtype", "--jobs",
+                "--overwrite", "--segments-dir", "--chunk-seconds", "--no-fsync"):
+        assert opt in text
+
+
+# ------------------------------------------------------------------------ resume
+def _tree_state(root):
+    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, p.stat().st_ino)
+            for p in Path(root).rglob("*") if p.is_file()}
+
+
+def test_resume_after_kill_9_byte_identical(tmp_path):
+    """kill -9 mid-run, same command again -> byte-identical manifests; then no work."""
+    for i in range(4):
+        make_fif(tmp_path / "in" / f"rec{i}_raw.fif", seconds=40, seed=i, n_mag=34, n_grad=68)
+    dest = tmp_path / "out"
+    cmd = [sys.executable, str(TOOL), "raw", str(tmp_path / "in"), "--dest", str(dest),
+           "--segment-seconds", "0.5", "--n-channels", "102", "--valid-percent", "0.25",
+           "--chunk-seconds", "2", "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    assert subprocess.run(cmd, capture_output=True, env=env).returncode == 0
+    reference = {n: (dest / n).read_bytes() for n in ("train.tsv", "valid.tsv")}
+    shutil.rmtree(dest)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((dest / "segments").glob("rec1_raw/*.npy"))) > 10:
+            break
+        time.sleep(0.005)
+    killed_mid_run = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed_mid_run, "the run finished before it could be killed"
+    assert not (dest / "train.tsv").exists()  # manifests are written last
+    assert not (dest / "segments" / "rec3_raw" / seg.DONE_MARKER).exists()
+    for p in (dest / "segments").rglob("*.npy"):  # no half-written segment under its name
+        np.load(p)
+    assert subprocess.run(cmd, capture_output=True, env=env).returncode == 0
+    assert {n: (dest / n).read_bytes() for n in reference} == reference
+    # a second run over finished output does no work
+    before = _tree_state(dest / "segments")
+    out = subprocess.run(cmd, capture_output=True, env=env, text=True)
+    assert out.returncode == 0 and "0 ok, 4 already done" in out.stdout
+    assert _tree_state(dest / "segments") == before
+    assert {n: (dest / n).read_bytes() for n in reference} == reference
+    assert {r["status"] for r in report(dest).values()} == {"skipped"}
+
+
+def test_resume_after_failure_injected_mid_recording(tmp_path, tool, monkeypatch):
+    """A recording that dies after 3 segments leaves no trace; the rerun completes it."""
+    for i in range(2):
+        make_fif(tmp_path / "in" / f"r{i}_raw.fif", seconds=4, seed=i, n_mag=4, n_grad=4)
+    argv = ["raw", str(tmp_path / "in"), "--segment-seconds", "0.5", "--n-channels", "8",
+            "--no-progress", "--dest"]
+    assert tool.main(argv + [str(tmp_path / "ref")]) == 0
+    real_save, calls = seg.atomic_save_npy, []
+
+    def flaky(path, array, fsync=True):
+        calls.append(path)
+        if len(calls) == 3 + 8 + 1:  # r0 written (8 segments), r1 dies at its 4th
+            raise OSError("disk full (injected)")
+        return real_save(path, array, fsync)
+
+    monkeypatch.setattr(seg, "atomic_save_npy", flaky)
+    dest = tmp_path / "out"
+    assert tool.main(argv + [str(dest)]) == 1
+    rep = report(dest)
+    assert rep["r0_raw"]["status"] == "ok"
+    assert rep["r1_raw"]["status"] == "failed" and "disk full" in rep["r1_raw"]["reason"]
+    assert not (dest / "segments" / "r1_raw").exists()
+    monkeypatch.setattr(seg, "atomic_save_npy", real_save)
+    assert tool.main(argv + [str(dest)]) == 0
+    assert report(dest)["r0_raw"]["status"] == "skipped"
+    for name in ("train.tsv", "valid.tsv"):
+        ref_lines = (tmp_path / "ref" / name).read_text().splitlines()
+        lines = (dest / name).read_text().splitlines()
+        assert lines[1:] == ref_lines[1:] and lines[0] == str((dest / "segments").resolve())
+    # different parameters: a done marker does not count, the recording is redone
+    assert tool.main(argv + [str(dest), "--l-freq", "2"]) == 0
+    assert {r["status"] for r in report(dest).values()} == {"ok"}
+
+
+# ------------------------------------------------------------------ real recordings
+def _real(name):
+    path = REAL_MEG / name
+    if not path.exists():
+        pytest.skip(f"real MEG test data not found: {path} (../shared/real_meg)")
+    return path
+
+
+def test_real_recordings_from_several_systems(tmp_path, tool):
+    files = [_real(n) for n in ("neuromag306_sample_audvis_trunc_raw_sss.fif",
+                                "ctf275_comp_raw.fif", "elekta_3ch_80s_raw.fif",
+                                "eeg_only_brainvision_raw.fif")]
+    dest = tmp_path / "out"
+    rc = tool.main(["raw", *map(str, files), "--dest", str(dest), "--segment-seconds", "0.2",
+                    "--no-progress", "--jobs", "2"])
+    assert rc == 1  # the EEG-only file failed, the others were written
+    rep = report(dest)
+    nm = rep["neuromag306_sample_audvis_trunc_raw_sss"]
+    assert nm["status"] == "ok" and nm["system"] == "neuromag306"
+    assert nm["n_meg_channels"] == 306 and nm["channel_policy"] == "exact"
+    assert abs(nm["sfreq_in"] - 300.3) < 0.1 and nm["segments_written"] == 5
+    ctf = rep["ctf275_comp_raw"]
+    assert ctf["status"] == "ok" and ctf["system"] == "ctf"
+    refs = ctf["excluded_channels"]["reference"]
+    assert len(refs) == 29 and not set(refs) & set(ctf["channel_names"])
+    assert ctf["n_meg_channels"] == 274 and ctf["channel_policy"] == "pad"
+    el = rep["elekta_3ch_80s_raw"]
+    assert el["n_meg_channels"] == 3 and el["segments_written"] == 400
+    eeg = rep["eeg_only_brainvision_raw"]
+    assert eeg["status"] == "failed" and "no MEG channels" in eeg["reason"]
+    for rid, n_used in (("neuromag306_sample_audvis_trunc_raw_sss", 306),
+                        ("ctf275_comp_raw", 274), ("elekta_3ch_80s_raw", 3)):
+        x = load_recording(dest, rid)
+        assert x.shape[0] == 306 and x.shape[1] % 50 == 0 and x.dtype == np.float32
+        assert np.all(np.isfinite(x)) and not x[n_used:].any() and x[:n_used].std() > 0.3
+
+
+# ------------------------------------------------------------------------- BIDS
+def test_bids_subcommand_with_subject_filter(tmp_path, tool):
+    mne_bids = pytest.importorskip("mne_bids")
+    import mne
+
+    bids_root = tmp_path / "bids"
+    for sub in ("01", "02"):
+        src = make_fif(tmp_path / f"src{sub}_raw.fif", seconds=3, n_mag=4, n_grad=8,
+                       meas_date=1.6e9)
+        raw = mne.io.read_raw_fif(src, verbose=False)
+        raw.info["line_freq"] = 50
+        bp = mne_bids.BIDSPath(subject=sub, task="rest", datatype="meg", root=bids_root)
+        mne_bids.write_raw_bids(raw, bp, overwrite=True, verbose=False)
+    dest = tmp_path / "out"
+    rc = tool.main(["bids", str(bids_root), "--subjects", "02", "--dest", str(dest),
+                    "--segment-seconds", "1", "--n-channels", "12", "--no-progress"])
+    assert rc == 0
+    rep = report(dest)
+    assert list(rep) == ["sub-02__meg__sub-02_task-rest_meg"]
+    assert rep["sub-02__meg__sub-02_task-rest_meg"]["segments_written"] == 3
+    rc = tool.main(["bids", str(bids_root), "--tasks", "nosuch", "--dest",
+                    str(tmp_path / "o2"), "--no-progress"])
+    assert rc == 1 and "no MEG recordings found" in json.dumps(report(tmp_path / "o2"))

@@ -543,6 +543,17 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------ processing
+def _read(raw, picks: Sequence[int], start: int, stop: int) -> np.ndarray:
+    """``raw.get_data`` for one chunk, naming the file when the data cannot be read."""
+    try:
+        return raw.get_data(picks=picks, start=start, stop=stop)
+    except Exception as err:
+        fname = raw.filenames[0] if raw.filenames else "recording"
+        raise RecordingError(
+            f"{fname}: cannot read samples {start}-{stop} of {raw.n_times} (truncated or "
+            f"corrupt file?): {type(err).__name__}: {err}") from err
+
+
 def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
                      resampler: StreamingResampler, bandpass: StreamingSOSFilter,
                      nan_spans: list[tuple[int, int]], ratio: float, margin: int,
@@ -551,12 +562,12 @@ def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
     sf_in = raw.info["sfreq"]
     n_in = raw.n_times
     chunk = max(int(params.chunk_seconds * sf_in), 1)
-    head = raw.get_data(picks=picks, start=0, stop=min(n_in, max(int(round(sf_in)), 1)))
+    head = _read(raw, picks, 0, min(n_in, max(int(round(sf_in)), 1)))
     with np.errstate(all="ignore"):
         offset = np.nan_to_num(np.nanmean(head, axis=1))[:, None]
     qc_need = int(params.qc_seconds * sf_in)
     for start in range(0, n_in, chunk):
-        x = raw.get_data(picks=picks, start=start, stop=min(start + chunk, n_in))
+        x = _read(raw, picks, start, min(start + chunk, n_in))
         x -= offset
         bad = ~np.isfinite(x)
         if bad.any():
