@@ -455,3 +455,43 @@ def test_cli_libribrain100_same_layout(tree, tmp_path, capsys):
     assert rc == 0, capsys.readouterr()
     _, rows = _manifest(tmp_path / "out", "valid")
     assert _run_ids(rows) == [lb.run_key_name(VALIDATION_KEY)] and len(rows) == 2
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_libribrain_to_fairseq_train_and_validate(tmp_path):
+    """Fake tree -> make_manifest.py libribrain -> fairseq-hydra-train (tiny) -> fairseq-validate,
+    the command lines of docs/libribrain.md, run from the repository root."""
+    from meg_fixtures import parse_fairseq_log, run_command
+
+    root = tmp_path / "libribrain"
+    make_fake_libribrain(str(root), [FIRST_TRAIN_KEY, OTHER_TRAIN_KEY], seconds=20.0)
+    # fairseq-validate's default --required-batch-size-multiple 8 drops a last partial batch:
+    # give valid 8 segments (40 s) so the documented command has one whole batch.
+    make_fake_libribrain(str(root), [VALIDATION_KEY], seconds=40.0)
+    data = tmp_path / "manifests"
+    made = run_command(["python", "tools/make_manifest.py", "libribrain", str(root),
+                        "--dest", str(data), "--train-run-keys", "0,1,Sherlock1,1",
+                        "0,2,Sherlock1,1", "--no-progress"])
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert len((data / "train.tsv").read_text().splitlines()) == 1 + 8  # 2 runs x 4 x 5 s
+    save_dir = tmp_path / "checkpoints"
+    train = run_command([
+        "fairseq-hydra-train", "--config-dir", "config/pretraining",
+        "--config-name", "meg2vec_tiny", "common.user_dir=meg2vec_fairseq",
+        f"task.data={data}", f"checkpoint.save_dir={save_dir}", "optimization.max_update=4",
+        "common.log_interval=1"])
+    log = train.stdout + train.stderr
+    assert train.returncode == 0, log[-3000:]
+    stats = parse_fairseq_log(log, "train")
+    assert stats and stats[-1]["num_updates"] == 4 and np.isfinite(stats[-1]["loss"])
+    valid = run_command([
+        "fairseq-validate", str(data), "--user-dir", "meg2vec_fairseq", "--task",
+        "meg_pretraining", "--path", str(save_dir / "checkpoint_best.pt"),
+        "--valid-subset", "valid", "--max-tokens", "10000"])
+    log = valid.stdout + valid.stderr
+    assert valid.returncode == 0, log[-3000:]
+    record = [line for line in log.splitlines() if "valid on 'valid' subset" in line][-1]
+    assert "nsentences 8" in record and "accuracy" in record
