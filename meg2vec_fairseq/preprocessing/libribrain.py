@@ -1029,6 +1029,11 @@ def make_libribrain_manifests(cfg: LibriBrainConfig,
         if not stats_keys:
             raise LibriBrainError("no training run could be read for statistics:\n  "
                                   + "\n  ".join(r.reason for r in failed.values()))
+        if not (np.isfinite(pooled.mean).all() and np.isfinite(pooled.m2).all()):
+            bad = np.flatnonzero(~np.isfinite(pooled.mean + pooled.m2)).tolist()
+            raise LibriBrainError(
+                f"training statistics are not finite for channels {bad[:10]}: NaN/inf in "
+                "the training runs " + "; ".join(format_run_key(k) for k in stats_keys))
         stats = ChannelStats.from_running(pooled, standardize=True)
         stats.run_keys = stats_keys
     else:
