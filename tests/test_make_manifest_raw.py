@@ -222,7 +222,7 @@ def lockin_amplitude(x, f, sfreq):
 # ------------------------------------------------------------ generated recordings
 def test_generated_recording_shapes_rate_band_and_zscore(tmp_path, tool):
     """306-ch 1 kHz sine mixture -> (306, 250) float32 segments at 250 Hz; band 1-40 kept."""
-    sines = ((0.25, 1.0), (10.0, 1.0), (25.0, 1.0), (80.0, 1.0), (300.0, 1.0))
+    sines = ((0.25, 1.0), (10.0, 1.0), (25.0, 1.0), (80.0, 1.0), (235.0, 1.0), (300.0, 1.0))
     src = make_fif(tmp_path / "in" / "gen_raw.fif", seconds=20, sines=sines, noise=0.01)
     dest = tmp_path / "out"
     rc = tool.main(["raw", str(src), "--dest", str(dest), "--segment-seconds", "1",
@@ -247,10 +247,12 @@ def test_generated_recording_shapes_rate_band_and_zscore(tmp_path, tool):
     np.testing.assert_allclose(x.std(axis=1), 1, atol=1e-4)
     # spectrum, after the start transient: passband kept, stopbands removed
     y = x[:, 1000:]  # 4 s .. 20 s = 16 s, integer cycles of every test frequency
-    amp = {f: lockin_amplitude(y, f, 250.0).mean() for f in (0.25, 10.0, 25.0, 50.0, 80.0)}
+    amp = {f: lockin_amplitude(y, f, 250.0).mean()
+           for f in (0.25, 10.0, 15.0, 25.0, 50.0, 80.0)}
     assert abs(amp[25.0] / amp[10.0] - 1) < 0.02
     assert amp[80.0] < 0.01 * amp[10.0]     # above the 40 Hz edge
     assert amp[50.0] < 0.01 * amp[10.0]     # 300 Hz would alias to 50 Hz without anti-alias
+    assert amp[15.0] < 0.003 * amp[10.0]    # 235 Hz would alias to 15 Hz, in the passband
     assert amp[0.25] < 0.02 * amp[10.0]     # below the 1 Hz edge
     assert (dest / "qc.png").stat().st_size > 1000
 
@@ -274,7 +276,8 @@ def test_streaming_matches_whole_recording(tmp_path, sfreq, chunk):
     x = mne.io.read_raw_fif(src, preload=True, verbose=False).get_data()
     x = x - x[:, :int(sfreq)].mean(axis=1, keepdims=True)
     up, down = rec.rate_ratio(sfreq, 250.0)
-    y = signal.resample_poly(x, up, down, axis=-1)
+    taps = rec.design_resampling_filter(sfreq, 250.0, up, down, 40.0)
+    y = signal.resample_poly(x, up, down, axis=-1, window=taps)
     sos = np.concatenate([signal.butter(4, 1.0, "highpass", fs=250.0, output="sos"),
                           signal.butter(8, 40.0, "lowpass", fs=250.0, output="sos")])
     y, _ = signal.sosfilt(sos, y, axis=-1, zi=signal.sosfilt_zi(sos)[:, None, :] * y[:, :1])
@@ -530,3 +533,29 @@ def test_bids_subcommand_with_subject_filter(tmp_path, tool):
     rc = tool.main(["bids", str(bids_root), "--tasks", "nosuch", "--dest",
                     str(tmp_path / "o2"), "--no-progress"])
     assert rc == 1 and "no MEG recordings found" in json.dumps(report(tmp_path / "o2"))
+
+
+@pytest.mark.parametrize("up,down,default", [(1, 4, True), (5, 12, False), (651, 782, False),
+                                             (2, 3, True), (1, 1, True)])
+def test_streaming_resampler_equals_resample_poly(up, down, default):
+    from scipy import signal
+
+    from meg2vec_fairseq.preprocessing.recordings import (
+        StreamingResampler,
+        design_resampling_filter,
+    )
+
+    rng = np.random.default_rng(up + down)
+    x = rng.standard_normal((3, 4001))
+    taps = None if default else design_resampling_filter(250.0 * down / up, 250.0, up,
+                                                         down, 40.0)
+    r = StreamingResampler(up, down, taps)
+    ref = signal.resample_poly(x, up, down, axis=-1, window=r.taps if taps is not None
+                               else ("kaiser", 5.0))
+    pos, outs = 0, []
+    while pos < x.shape[1]:
+        k = int(rng.integers(1, 500))
+        outs.append(r.process(x[:, pos:pos + k]))
+        pos += k
+    outs.append(r.flush(3))
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), ref, rtol=0, atol=1e-12)

@@ -129,6 +129,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# fdatasync skips the metadata flush that fsync adds (the rename is flushed separately).
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 def _tmp_path(path: Path) -> Path:
     # Hidden, unique per process, same directory (os.replace must not cross filesystems).
     return path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
@@ -187,7 +191,7 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, fsync: bool = Tr
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
             f.flush()
             if fsync:
-                os.fsync(f.fileno())
+                _datasync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -699,7 +703,7 @@ def _json_default(obj: Any) -> Any:
 
 # ------------------------------------------------------------------------------- QC
 def qc_spectrum(data: np.ndarray, sfreq: float, normalize: bool = True,
-                n_fft_seconds: float = 2.0) -> dict[str, list]:
+                n_fft_seconds: float = 2.0, max_channels: int = 32) -> dict[str, list]:
     """Channel-averaged Welch power spectrum, small enough to keep in a result record.
 
     Parameters
@@ -711,9 +715,11 @@ def qc_spectrum(data: np.ndarray, sfreq: float, normalize: bool = True,
     normalize : bool
         Scale each channel to unit variance first, so that spectra of channels with
         different units (mags in T, grads in T/m) and of z-scored output are comparable.
-        All-zero channels are left out.
+        All-zero and non-finite channels are left out.
     n_fft_seconds : float
         Welch segment length.
+    max_channels : int
+        Use at most this many channels, evenly spaced (bounds time and memory).
 
     Returns
     -------
@@ -723,14 +729,16 @@ def qc_spectrum(data: np.ndarray, sfreq: float, normalize: bool = True,
     """
     from scipy.signal import welch
 
-    data = np.asarray(data, dtype=np.float64)
-    data = data[np.isfinite(data).all(axis=1)]
-    std = data.std(axis=1) if data.size else np.zeros(0)
-    data = data[std > 0]
+    data = np.asarray(data)
+    keep = np.isfinite(data).all(axis=1) & (data.std(axis=1) > 0) if data.size else []
+    data = data[np.flatnonzero(keep)]
+    if data.shape[0] > max_channels:
+        data = data[np.linspace(0, data.shape[0] - 1, max_channels).round().astype(int)]
+    data = data.astype(np.float64)
     if data.shape[0] == 0 or data.shape[1] < 8:
         return {"sfreq": float(sfreq), "freqs": [], "psd": []}
     if normalize:
-        data = (data - data.mean(axis=1, keepdims=True)) / std[std > 0][:, None]
+        data = (data - data.mean(axis=1, keepdims=True)) / data.std(axis=1, keepdims=True)
     nperseg = int(min(data.shape[1], max(8, round(n_fft_seconds * sfreq))))
     freqs, psd = welch(data, fs=sfreq, nperseg=nperseg, axis=-1)
     psd = psd.mean(axis=0)

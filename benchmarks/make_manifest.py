@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Benchmark ``tools/make_manifest.py`` against a hand-written MNE pipeline.
+
+Each case generates its input in a temporary directory, then runs, each in its own
+subprocess (so that peak RSS is that pipeline's alone), the tool and a hand-written
+MNE pipeline doing the same work, and prints wall time and peak RSS of both::
+
+    python benchmarks/make_manifest.py                       # --case fif --minutes 10 30
+    python benchmarks/make_manifest.py --case fif --minutes 10 --json out.json
+
+Cases (one function each, in :data:`CASES`; add e.g. a LibriBrain layout the same way):
+
+``fif``
+    A generated 306-channel (102 mag + 204 grad), 1 kHz ``.fif`` of ``--minutes``
+    minutes, written in one-minute pieces (never the whole recording in memory). Hand
+    pipeline: ``read_raw_fif(preload=True)``, pick MEG, ``filter(1, 40)``,
+    ``resample(250)``, per-channel z-score, save 5 s ``.npy`` segments. Tool:
+    ``make_manifest.py raw FILE --dest ...`` with its defaults (same processing).
+
+The hand pipeline is skipped (and reported so) when it would not fit in the available
+memory (``--hand-memory-factor`` x the float64 size of the recording).
+
+Peak RSS is ``ru_maxrss`` of ``resource.getrusage(RUSAGE_CHILDREN)`` measured by a
+fresh wrapper process around each pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "make_manifest.py"
+
+# Runs argv in a child process; prints {"wall_s", "peak_rss_mb", "rc"} as JSON.
+_MEASURE = textwrap.dedent("""
+    import json, resource, subprocess, sys, time
+    t0 = time.perf_counter()
+    p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB
+    print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1),
+                      "rc": p.returncode, "stderr_tail": p.stderr[-2000:]}))
+""")
+
+# The hand-written MNE pipeline (what a user would write without the tool).
+_HAND = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import mne
+    import numpy as np
+    src, out = sys.argv[1], Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    raw = mne.io.read_raw_fif(src, preload=True, verbose="error")
+    raw.pick("meg", exclude="bads")
+    raw.filter(1.0, 40.0, verbose="error")
+    raw.resample(250.0, verbose="error")
+    data = raw.get_data()
+    data -= data.mean(axis=1, keepdims=True)
+    data /= data.std(axis=1, keepdims=True)
+    L = 5 * 250
+    for k in range(data.shape[1] // L):
+        np.save(out / f"{k:06d}.npy", data[:, k * L:(k + 1) * L].astype(np.float32))
+""")
+
+
+def measure(argv: list[str]) -> dict:
+    """Run ``argv`` under the measuring wrapper; returns wall time and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def mem_available_mb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def write_fif(path: Path, minutes: float, sfreq: float = 1000.0, seed: int = 0) -> Path:
+    """Write a 306-channel recording one minute at a time (float32 on disk)."""
+    import mne
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = [f"MEG{i:04d}" for i in range(306)]
+    types = ["mag" if i % 3 == 0 else "grad" for i in range(306)]
+    info = mne.create_info(names, sfreq, types)
+    n = int(60 * sfreq)
+    t = np.arange(n) / sfreq
+    scale = np.where(np.array(types) == "mag", 1e-12, 1e-11)[:, None]
+    piece = rng.standard_normal((306, n), dtype=np.float32).astype(np.float64)
+    for f in (5.0, 10.0, 22.0, 50.0, 120.0):
+        piece += np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3, (306, 1)))
+    piece = (piece + rng.standard_normal((306, 1)) * 3) * scale
+    parts_dir = path.parent / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    part = parts_dir / "minute_raw.fif"
+    mne.io.RawArray(piece, info, verbose="error").save(part, fmt="single", overwrite=True,
+                                                       verbose="error")
+    del piece
+    # Concatenating lazily-read copies and saving streams the data (bounded memory).
+    raws = [mne.io.read_raw_fif(part, preload=False, verbose="error")
+            for _ in range(int(round(minutes)))]
+    raw = mne.concatenate_raws(raws, verbose="error")
+    raw.set_annotations(None)  # no "BAD boundary" markers between the pieces
+    raw.save(path, fmt="single", overwrite=True, verbose="error")
+    shutil.rmtree(parts_dir)
+    return path
+
+
+def case_fif(minutes: float, work: Path, args) -> dict:
+    """Generated 306-ch 1 kHz ``.fif``: tool vs hand-written MNE pipeline."""
+    src = write_fif(work / "bench_raw.fif", minutes)
+    size_mb = sum(p.stat().st_size for p in work.glob("bench_raw*.fif")) / 2**20
+    for p in work.glob("bench_raw*.fif"):  # same (warm) page cache for both pipelines
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    tool = measure([sys.executable, str(TOOL), "raw", str(src), "--dest",
+                    str(work / "tool_out"), "--no-progress", "--jobs", "1"])
+    n_tool = len(list((work / "tool_out" / "segments").rglob("*.npy")))
+    shutil.rmtree(work / "tool_out", ignore_errors=True)
+    need_mb = 306 * minutes * 60 * 1000 * 8 / 2**20 * args.hand_memory_factor
+    if need_mb > 0.8 * mem_available_mb():
+        hand = {"skipped": f"needs ~{need_mb:.0f} MB, {mem_available_mb():.0f} MB available"}
+        n_hand = None
+    else:
+        hand = measure([sys.executable, "-c", _HAND, str(src), str(work / "hand_out")])
+        n_hand = len(list((work / "hand_out").glob("*.npy")))
+        shutil.rmtree(work / "hand_out", ignore_errors=True)
+    row = {"case": "fif", "minutes": minutes, "input_mb": round(size_mb),
+           "tool": {**tool, "segments": n_tool}, "hand": {**hand, "segments": n_hand}}
+    if "wall_s" in hand:
+        row["speedup"] = round(hand["wall_s"] / tool["wall_s"], 2)
+    return row
+
+
+#: case name -> function(minutes, workdir, args) -> result row
+CASES = {"fif": case_fif}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES), default="fif", help="input layout")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10.0, 30.0],
+                        help="recording lengths to benchmark (default: 10 30)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where to generate inputs (default: a temp dir, removed after)")
+    parser.add_argument("--hand-memory-factor", type=float, default=2.5,
+                        help="hand pipeline memory estimate, x float64 recording size")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+    rows = []
+    for minutes in args.minutes:
+        work = Path(tempfile.mkdtemp(prefix="bench_mm_", dir=args.workdir))
+        try:
+            t0 = time.perf_counter()
+            row = CASES[args.case](minutes, work, args)
+            row["case_total_s"] = round(time.perf_counter() - t0, 1)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        rows.append(row)
+        tool, hand = row["tool"], row["hand"]
+        print(f"{row['case']} {minutes:g} min ({row['input_mb']} MB): "
+              f"tool {tool['wall_s']:.1f} s, {tool['peak_rss_mb']:.0f} MB peak RSS, "
+              f"{tool['segments']} segments | hand "
+              + (f"{hand['wall_s']:.1f} s, {hand['peak_rss_mb']:.0f} MB peak RSS, "
+                 f"{hand['segments']} segments | speedup {row['speedup']:.1f}x"
+                 if "wall_s" in hand else f"skipped ({hand['skipped']})"), flush=True)
+        for name in ("tool", "hand"):
+            if row[name].get("rc"):
+                print(f"  {name} failed (rc {row[name]['rc']}): {row[name]['stderr_tail']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
