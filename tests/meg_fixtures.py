@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+from meg2vec_fairseq.fairseq_logs import parse_fairseq_log  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -46,21 +48,3 @@ def run_command(
     return subprocess.run(
         list(args), cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
     )
-
-
-def parse_fairseq_log(text: str, prefix: str) -> List[Dict[str, float]]:
-    """``key value`` pairs of fairseq's '| '-separated summary lines starting at ``[prefix]``."""
-    records = []
-    for line in text.splitlines():
-        if f"[{prefix}][INFO]" not in line or " | " not in line:
-            continue
-        record = {}
-        for part in line.split(" | ")[1:]:
-            fields = part.split()
-            if len(fields) == 2:
-                try:
-                    record[fields[0]] = float(fields[1])
-                except ValueError:
-                    pass
-        records.append(record)
-    return records

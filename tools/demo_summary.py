@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Summarise a demo run: how loss, contrastive accuracy and code perplexity moved."""
+
+import argparse
+import sys
+
+from meg2vec_fairseq.fairseq_logs import parse_fairseq_log
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("train_log", help="output of fairseq-hydra-train")
+    parser.add_argument("validate_log", help="output of fairseq-validate")
+    parser.add_argument("--negatives", type=int, default=20, help="num_negatives of the model")
+    args = parser.parse_args(argv)
+    with open(args.train_log, encoding="utf-8") as f:
+        train = [r for r in parse_fairseq_log(f.read(), "train_inner") if "loss" in r]
+    with open(args.validate_log, encoding="utf-8") as f:
+        valid = parse_fairseq_log(f.read(), "valid")
+    if not train or not valid:
+        print("error: no training or validation statistics found in the logs", file=sys.stderr)
+        return 1
+    first, last, final = train[0], train[-1], valid[-1]
+    chance = 1.0 / (args.negatives + 1)
+    print(f"{'':24s}{'first log':>12s}{'last log':>12s}")
+    for key in ("num_updates", "loss", "accuracy", "code_perplexity", "prob_perplexity"):
+        print(f"{key:24s}{first.get(key, float('nan')):12.3f}{last.get(key, float('nan')):12.3f}")
+    print(
+        f"validation: loss {final.get('loss', float('nan')):.3f}, contrastive accuracy "
+        f"{final.get('accuracy', float('nan')):.3f} (chance {chance:.3f}), code perplexity "
+        f"{final.get('code_perplexity', float('nan')):.1f} of 640 codes"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
