@@ -1,0 +1,291 @@
+"""Tests of the linear probe (meg2vec_fairseq.probe and tools/probe.py)."""
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from meg_fixtures import REPO_ROOT, run_command
+
+from meg2vec_fairseq import probe as pr
+from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
+
+N_CHANNELS = 64  # small synthetic arrays keep the tests fast; the probe reads any channel count
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("probe_cli", REPO_ROOT / "tools" / "probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CLI = _load_cli()
+
+
+def write_event_labels(data_dir, dest, shuffle_seed=None, single_class=False):
+    """Labels TSV of 0.5-s windows at event onsets; split by recording (train/valid/test)."""
+    with open(data_dir / "events.tsv") as f:
+        events = list(csv.DictReader(f, delimiter="\t"))
+    rows = []
+    for event in events:
+        recording = int(event["segment"].split("/")[1][len("rec-"):])
+        onset = int(event["onset_sample"]) / 250.0
+        if onset + 0.5 > 5.0:
+            continue
+        split = "train" if recording < 4 else "valid" if recording < 5 else "test"
+        rows.append([event["segment"], f"{onset:.3f}", f"{onset + 0.5:.3f}",
+                     f"kind{event['kind']}", split])
+    if shuffle_seed is not None:  # labels independent of the signal
+        labels = [row[3] for row in rows]
+        np.random.default_rng(shuffle_seed).shuffle(labels)
+        for row, label in zip(rows, labels):
+            row[3] = label
+    if single_class:
+        for row in rows:
+            if row[4] == "train":
+                row[3] = "kind0"
+    with open(dest, "w") as f:
+        f.write("segment\tstart\tend\tlabel\tsplit\n")
+        f.writelines("\t".join(row) + "\n" for row in rows)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """6 recordings x 30 s of 64-channel synthetic MEG, all in train.tsv (probe splits: labels)."""
+    root = tmp_path_factory.mktemp("probe")
+    data = root / "data"
+    config = SyntheticMEGConfig(n_channels=N_CHANNELS, events_per_second=1.5)
+    write_synthetic_dataset(str(data), n_recordings=6, seconds_per_recording=30,
+                            n_valid_recordings=0, seed=11, config=config)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics against hand-computed values
+# ---------------------------------------------------------------------------------------------
+
+
+def test_confusion_matrix_counts():
+    matrix = pr.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_metrics_on_hand_computed_confusion_matrices():
+    # Class 0: tp 1, support 2, predicted 2 -> F1 = 2/4 = 0.5;  recall 1/2
+    # Class 1: tp 1, support 1, predicted 2 -> F1 = 2/3;        recall 1
+    # Class 2: tp 2, support 3, predicted 2 -> F1 = 4/5 = 0.8;  recall 2/3
+    matrix = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    assert pr.macro_f1(matrix) == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    assert pr.balanced_accuracy(matrix) == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+    # Binary, a class never predicted: F1 of class 1 = 0; class 0: tp 8, support 8, pred 10
+    binary = np.array([[8, 0], [2, 0]])
+    assert pr.macro_f1(binary) == pytest.approx((16 / 18 + 0) / 2)
+    assert pr.balanced_accuracy(binary) == pytest.approx(0.5)
+    # Perfect, and a class absent from the truth is left out
+    assert pr.macro_f1(np.diag([3, 4, 0])) == 1.0
+    assert pr.balanced_accuracy(np.diag([3, 4, 0])) == 1.0
+
+
+def test_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    matrix = pr.confusion_matrix(y_true, y_pred, 4)
+    assert pr.macro_f1(matrix) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert pr.balanced_accuracy(matrix) == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
+def test_chance_levels_hand_computed():
+    # Balanced 4 classes: F1 of each = 2 * 0.25 / (1 + 4 * 0.25) = 0.25
+    chance = pr.chance_levels([0, 1, 2, 3] * 5, 4)
+    assert chance == {"macro_f1": pytest.approx(0.25), "balanced_accuracy": 0.25}
+    # Prevalences 0.8 / 0.2, K = 2: F1 = 1.6 / 2.6 and 0.4 / 1.4
+    chance = pr.chance_levels([0] * 8 + [1] * 2, 2)
+    assert chance["macro_f1"] == pytest.approx((1.6 / 2.6 + 0.4 / 1.4) / 2)
+    # ... and it is what uniform guessing scores on average
+    rng = np.random.default_rng(1)
+    truth = np.array([0] * 800 + [1] * 200)
+    scores = [pr.macro_f1(pr.confusion_matrix(truth, rng.integers(0, 2, 1000), 2))
+              for _ in range(200)]
+    assert np.mean(scores) == pytest.approx(chance["macro_f1"], abs=0.01)
+
+
+def test_summarise_and_pooling():
+    assert pr.summarise([0.5, 0.7]) == {"mean": 0.6, "std": pytest.approx(0.1414, abs=1e-4),
+                                        "min": 0.5, "max": 0.7, "n": 2}
+    frames = np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 30.0], [100.0, 100.0]])
+    centres = np.array([0.5, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(pr.pool_frames(frames, centres, (0, 3), "mean"), [2.0, 50 / 3])
+    pooled = pr.pool_frames(frames, centres, (0, 3), "meanstd")
+    np.testing.assert_allclose(pooled[2:], [np.std([0, 2, 4]), np.std([10, 10, 30])])
+    # no centre inside the range: the nearest frame
+    np.testing.assert_allclose(pr.pool_frames(frames, centres, (3, 4), "mean"), [100, 100])
+
+
+def test_conv_frame_geometry_of_the_tiny_stack():
+    # kernels 10,3,3,3 strides 5,2,1,1: rf = 1 + 9 + 2*5 + 2*10 + 2*10 = 60, jump 10
+    assert pr.conv_frame_geometry("[(128,10,5),(128,3,2),(128,3,1),(128,3,1)]") == (60, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe on generated data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_decodable_labels_score_well_above_chance(synthetic, tmp_path, capsys):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    out = tmp_path / "result.json"
+    rc = CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels), "--raw",
+                   "--seeds", "0", "1", "--json", str(out), "--plot", str(tmp_path / "p.png"),
+                   "--quiet"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "raw" in stdout and "chance" in stdout
+    result = json.loads(out.read_text())
+    raw = result["sources"][0]
+    assert result["chance"]["macro_f1"] == pytest.approx(0.25, abs=0.05)
+    assert raw["macro_f1"]["mean"] > result["chance"]["macro_f1"] + 0.4
+    assert raw["balanced_accuracy"]["mean"] > 0.65
+    assert len(raw["per_seed"]) == 2 and raw["feature_dim"] == 2 * N_CHANNELS
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_labels_independent_of_the_signal_score_near_chance(synthetic, tmp_path):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv", shuffle_seed=5)
+    dataset = pr.load_manifest_labels(str(synthetic / "train.tsv"), str(labels))
+    result = pr.run_probe(dataset, [pr.SourceSpec("raw", lambda seed: pr.RawSource())],
+                          seeds=[0, 1, 2])
+    raw = result["sources"][0]
+    assert abs(raw["macro_f1"]["mean"] - result["chance"]["macro_f1"]) < 0.12
+    assert abs(raw["balanced_accuracy"]["mean"] - 0.25) < 0.12
+
+
+def test_random_init_source_goes_through_the_same_path(synthetic, tmp_path):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    dataset = pr.load_manifest_labels(str(synthetic / "train.tsv"), str(labels), context=0.2)
+
+    def build(seed):
+        model, normalize = pr.build_random_model("meg2vec_tiny", seed, N_CHANNELS)
+        return pr.ModelSource(model, "cnn", normalize, name="random-init", kind="random-init")
+
+    result = pr.run_probe(dataset, [pr.SourceSpec("random-init", build, seeded=True)],
+                          seeds=[0], c_grid=[0.01, 0.1])
+    row = result["sources"][0]
+    assert row["feature_dim"] == 2 * 128
+    assert row["macro_f1"]["mean"] > result["chance"]["macro_f1"] + 0.2
+    # fresh weights per seed: different draws give different features
+    a = pr.build_random_model("meg2vec_tiny", 0, N_CHANNELS)[0]
+    b = pr.build_random_model("meg2vec_tiny", 1, N_CHANNELS)[0]
+    first_conv = [m.feature_extractor.conv_layers[0][0].weight for m in (a, b)]
+    assert first_conv[0].shape[1] == N_CHANNELS
+    assert not torch.equal(*first_conv)
+
+
+def test_whole_segment_labels_and_hashed_splits(synthetic, tmp_path):
+    lines = (synthetic / "train.tsv").read_text().splitlines()[1:]
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("segment\tlabel\n" + "".join(
+        f"{line.split(chr(9))[0]}\t{'a' if i % 2 else 'b'}\n" for i, line in enumerate(lines)))
+    dataset = pr.load_manifest_labels(str(synthetic / "train.tsv"), str(labels))
+    assert {w.split for w in dataset.windows} == {"train", "valid", "test"}
+    assert all(w.length == 1250 and w.pool == (0, 1250) for w in dataset.windows)
+    assert dataset.class_names == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear one-line error
+# ---------------------------------------------------------------------------------------------
+
+
+def _cli_error(capsys, argv):
+    rc = CLI.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err and err[-1].startswith("error: ")
+    return err[-1]
+
+
+def test_unknown_segment_is_a_one_line_error(synthetic, tmp_path, capsys):
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("segment\tlabel\nsegments/rec-999/seg-0000.npy\ta\n")
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
+                                  "--labels", str(labels), "--raw"])
+    assert "line 2" in message and "rec-999" in message and "not in" in message
+
+
+def test_span_longer_than_its_segment_is_a_one_line_error(synthetic, tmp_path, capsys):
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("segment\tstart\tend\tlabel\n"
+                      "segments/rec-000/seg-0000.npy\t4.0\t6.0\ta\n")
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
+                                  "--labels", str(labels), "--raw"])
+    assert "outside segment" in message and "5 s" in message
+
+
+def test_label_count_not_matching_features_is_an_error():
+    features = {s: np.zeros((10, 3)) for s in pr.SPLITS}
+    labels = {s: np.arange(10) % 2 for s in pr.SPLITS}
+    labels["valid"] = labels["valid"][:7]
+    with pytest.raises(pr.ProbeError, match="valid: 7 labels for 10 feature rows"):
+        pr.fit_and_score(features, labels, 2)
+
+
+def test_single_class_in_training_split_is_a_one_line_error(synthetic, tmp_path, capsys):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv", single_class=True)
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
+                                  "--labels", str(labels), "--raw"])
+    assert "single class ('kind0')" in message
+
+
+def test_non_meg2vec_checkpoint_is_a_one_line_error(synthetic, tmp_path, capsys):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    bogus = tmp_path / "not_meg2vec.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "something": "else"}, bogus)
+    base = ["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels)]
+    message = _cli_error(capsys, [*base, "--checkpoint", str(bogus)])
+    assert str(bogus) in message and "checkpoint" in message
+    message = _cli_error(capsys, [*base, "--random-init", str(bogus)])
+    assert "not a fairseq checkpoint" in message
+
+
+def test_layer_out_of_range_is_a_one_line_error(synthetic, tmp_path, capsys):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"), "--labels",
+                                  str(labels), "--random-init", "meg2vec_tiny", "--layer", "7"])
+    assert "layer 7 out of range" in message and "4 Transformer layers" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# A real (1-update) checkpoint from fairseq-hydra-train
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_checkpoint_source_end_to_end(synthetic, tmp_path):
+    save_dir = tmp_path / "ckpt"
+    train = run_command([
+        "fairseq-hydra-train", "--config-dir", "config/pretraining", "--config-name",
+        "meg2vec_tiny", "common.user_dir=meg2vec_fairseq", f"task.data={synthetic}",
+        f"task.in_channels={N_CHANNELS}", f"checkpoint.save_dir={save_dir}",
+        "optimization.max_update=1", "dataset.valid_subset=train",
+        "dataset.validate_interval=1000", "dataset.disable_validation=true",
+    ])
+    assert train.returncode == 0, train.stderr[-2000:]
+    checkpoint = save_dir / "checkpoint_last.pt"
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    out = tmp_path / "r.json"
+    rc = CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels),
+                   "--checkpoint", str(checkpoint), "--random-init", str(checkpoint), "--raw",
+                   "--layer", "1", "--context", "0.5", "--seeds", "0", "--json", str(out),
+                   "--quiet"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    names = [row["name"] for row in result["sources"]]
+    assert names == ["checkpoint", "random-init", "raw"]
+    assert result["sources"][0]["source"]["layer"] == 1
+    assert result["sources"][0]["feature_dim"] == result["sources"][1]["feature_dim"] == 256

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Linear probe of frozen features on labelled MEG: a checkpoint vs random-init vs raw sensors.
+
+Examples::
+
+    # your own labels: a manifest plus a labels TSV (see docs/probe.md for the format)
+    python tools/probe.py --manifest manifests/demo/valid.tsv --labels labels.tsv \\
+        --checkpoint checkpoints/meg2vec_tiny/checkpoint_best.pt --random-init meg2vec_tiny \\
+        --raw --json probe.json --plot probe.png
+
+    # LibriBrain speech detection with pnpl's partitions (data already on disk)
+    python tools/probe.py --libribrain speech --data-path data/LibriBrain \\
+        --channel-stats manifests/libribrain --checkpoint ckpt.pt --raw
+
+Every source goes through the same windows, pooling, standardisation, classifier and seeds.
+Prints one table (test macro-F1 and balanced accuracy, mean ± std over seeds, and chance).
+"""
+
+import argparse
+import logging
+import sys
+import warnings
+
+from meg2vec_fairseq.features import parse_layer
+from meg2vec_fairseq.probe import (
+    DEFAULT_C_GRID,
+    LIBRIBRAIN_TASKS,
+    POOLINGS,
+    ModelSource,
+    RawSource,
+    SourceSpec,
+    build_random_model,
+    checkpoint_source,
+    format_table,
+    load_libribrain,
+    load_manifest_labels,
+    plot_result,
+    run_probe,
+    write_json,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    data = parser.add_argument_group("labelled dataset (one of)")
+    data.add_argument("--manifest", nargs="+", help="fairseq TSV manifest(s) of .npy segments")
+    data.add_argument("--labels", help="labels TSV: segment, label[, start, end][, split]")
+    data.add_argument("--libribrain", choices=LIBRIBRAIN_TASKS,
+                      help="LibriBrain task through pnpl (train / validation / test partitions)")
+    data.add_argument("--data-path", help="pnpl data_path of LibriBrain (no download)")
+    data.add_argument("--channel-stats",
+                      help="channel_stats.npz (or its manifest directory) of pre-training; "
+                      "LibriBrain windows get the same standardisation and clipping")
+    data.add_argument("--tmin", type=float, default=0.0, help="LibriBrain window start (s)")
+    data.add_argument("--tmax", type=float, default=0.5, help="LibriBrain window end (s)")
+    data.add_argument("--max-windows", type=int, default=None,
+                      help="LibriBrain: at most this many windows per partition (random)")
+    data.add_argument("--sample-rate", type=float, default=250.0,
+                      help="sampling rate of the manifest's segments (Hz, default 250)")
+    data.add_argument("--context", type=float, default=0.0,
+                      help="seconds of signal each side of a labelled span that the sources see "
+                      "(pooling still covers the span only; default 0)")
+
+    src = parser.add_argument_group("feature sources (any combination, at least one)")
+    src.add_argument("--checkpoint", help="meg2vec checkpoint (.pt)")
+    src.add_argument("--random-init", metavar="CONFIG",
+                     help="same architecture with fresh weights (one draw per seed): a "
+                     "pre-training yaml (path or shipped name, e.g. meg2vec_tiny) or a "
+                     "checkpoint whose saved config is used")
+    src.add_argument("--raw", action="store_true", help="the preprocessed sensors themselves")
+    src.add_argument("--layer", default="last",
+                     help="Transformer layer (0-based), 'last' (default) or 'cnn'")
+
+    probe = parser.add_argument_group("probe")
+    probe.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    probe.add_argument("--pooling", choices=POOLINGS, default="meanstd",
+                       help="per window: mean of the frames, or mean and std (default)")
+    probe.add_argument("--train-fraction", type=float, default=0.8,
+                       help="random stratified fraction of the training windows per seed")
+    probe.add_argument("--C", type=float, nargs="+", default=list(DEFAULT_C_GRID),
+                       dest="c_grid", help="inverse regularisation strengths tried on valid")
+    probe.add_argument("--json", help="write the full result here")
+    probe.add_argument("--plot", help="write a figure (png/pdf) here")
+    probe.add_argument("--quiet", action="store_true", help="no per-seed progress lines")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+    if not (args.checkpoint or args.random_init or args.raw):
+        parser.error("give at least one of --checkpoint, --random-init, --raw")
+    if bool(args.libribrain) == bool(args.manifest or args.labels):
+        parser.error("give either --manifest and --labels, or --libribrain and --data-path")
+    try:
+        layer = parse_layer(args.layer)
+        if args.libribrain:
+            if not args.data_path:
+                parser.error("--libribrain needs --data-path")
+            dataset = load_libribrain(args.libribrain, args.data_path, args.channel_stats,
+                                      args.tmin, args.tmax, args.max_windows)
+        else:
+            if not (args.manifest and args.labels):
+                parser.error("--manifest and --labels go together")
+            dataset = load_manifest_labels(args.manifest, args.labels, args.sample_rate,
+                                           args.context)
+        sources = []
+        if args.checkpoint:
+            checkpoint = checkpoint_source(args.checkpoint, layer)  # load once, fail early
+            sources.append(SourceSpec("checkpoint", lambda seed: checkpoint))
+        if args.random_init:
+            def random_source(seed, config=args.random_init):
+                model, normalize = build_random_model(config, seed, dataset.n_channels)
+                return ModelSource(model, layer, normalize, name="random-init",
+                                   kind="random-init", origin=config)
+
+            random_source(0)  # checks the layer before any feature is computed
+            sources.append(SourceSpec("random-init", random_source, seeded=True))
+        if args.raw:
+            sources.append(SourceSpec("raw", lambda seed: RawSource()))
+        log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+        result = run_probe(dataset, sources, args.seeds, args.pooling, args.train_fraction,
+                           args.c_grid, log=log)
+    except ValueError as err:  # ProbeError, CheckpointError, bad --layer
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_result(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
