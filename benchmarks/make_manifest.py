@@ -8,7 +8,7 @@ MNE pipeline doing the same work, and prints wall time and peak RSS of both::
     python benchmarks/make_manifest.py                       # --case fif --minutes 10 30
     python benchmarks/make_manifest.py --case fif --minutes 10 --json out.json
 
-Cases (one function each, in :data:`CASES`; add e.g. a LibriBrain layout the same way):
+Cases (one function each, in :data:`CASES`):
 
 ``fif``
     A generated 306-channel (102 mag + 204 grad), 1 kHz ``.fif`` of ``--minutes``
@@ -16,6 +16,14 @@ Cases (one function each, in :data:`CASES`; add e.g. a LibriBrain layout the sam
     pipeline: ``read_raw_fif(preload=True)``, pick MEG, ``filter(1, 40)``,
     ``resample(250)``, per-channel z-score, save 5 s ``.npy`` segments. Tool:
     ``make_manifest.py raw FILE --dest ...`` with its defaults (same processing).
+
+``libribrain``
+    A generated LibriBrain run of ``--minutes`` minutes (306 x minutes*15000 float32 HDF5
+    at 250 Hz, where pnpl expects run ``0,1,Sherlock1,1``, written one minute at a time).
+    Baseline (``pnpl``): pnpl's own windowed reading of the same run, ``LibriBrainSpeech``
+    with 5 s windows, standardised and clipped, every window read. Tool:
+    ``make_manifest.py libribrain DATA --train-run-keys 0,1,Sherlock1,1 --valid-partition
+    none`` (statistics + 5 s segments written).
 
 The hand pipeline is skipped (and reported so) when it would not fit in the available
 memory (``--hand-memory-factor`` x the float64 size of the recording).
@@ -149,8 +157,89 @@ def case_fif(minutes: float, work: Path, args) -> dict:
     return row
 
 
+LIBRIBRAIN_RUN = ("0", "1", "Sherlock1", "1")
+
+# pnpl's own windowed reading of the same run (what a user does without the tool): the
+# LibriBrainSpeech dataset over that run, non-overlapping 5 s windows (as the tool's segments),
+# standardised (pnpl computes the run's statistics itself) and clipped, every window read.
+_PNPL = textwrap.dedent("""
+    import os, sys
+    os.environ["PNPL_REMOTE_CONSTANTS_DISABLED"] = "true"
+    os.environ["PNPL_DISABLE_DOTENV"] = "1"
+    from pnpl.datasets import LibriBrainSpeech
+    data, seconds = sys.argv[1], float(sys.argv[2])
+    ds = LibriBrainSpeech(data, include_run_keys=[("0", "1", "Sherlock1", "1")], tmin=0.0,
+                          tmax=seconds, standardize=True, clipping_boundary=10.0,
+                          download=False, preload_files=False)
+    n = sum(ds[i][0].shape[1] for i in range(len(ds)))
+    print(len(ds), n, file=sys.stderr)
+""")
+
+
+def write_libribrain_run(data_path: Path, minutes: float, sfreq: float = 250.0,
+                         seed: int = 0) -> Path:
+    """One LibriBrain run (306 x minutes*60*sfreq float32) where pnpl looks for it.
+
+    The path comes from pnpl (through our resolver); written one minute at a time with
+    pnpl's writer's chunking, plus a minimal events file for pnpl's dataset class. The
+    file is made read-only so that pnpl cannot cache statistics into it between runs.
+    """
+    import h5py
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from meg2vec_fairseq.preprocessing import libribrain as lb
+
+    resolver = lb.make_resolver(str(data_path),
+                                preprocessing_str=lb.pnpl_default_preprocessing_str())
+    h5 = Path(lb.h5_path(resolver, LIBRIBRAIN_RUN))
+    h5.parent.mkdir(parents=True, exist_ok=True)
+    n, step = int(round(minutes * 60 * sfreq)), int(60 * sfreq)
+    rng = np.random.default_rng(seed)
+    offsets = rng.normal(0, 3, (306, 1))
+    with h5py.File(h5, "w") as f:
+        d = f.create_dataset("data", shape=(306, n), dtype="float32", chunks=(306, 50))
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            d[:, start:start + m] = ((offsets + rng.standard_normal((306, m))) * 1e-12
+                                     ).astype(np.float32)
+        f.attrs["sample_frequency"] = sfreq
+    events = Path(resolver.get_events_path(*LIBRIBRAIN_RUN))
+    events.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["kind\tsegment\ttimemeg\tduration\tsentenceidx\twordidx"]
+    for i in range(int(minutes * 60 * 2) - 1):  # a word and a silence every 0.5 s
+        rows += [f"word\tholmes\t{i / 2:.2f}\t0.4\t0\t{i}",
+                 f"silence\tsil\t{i / 2 + 0.4:.2f}\t0.1\t0\t{i}"]
+    events.write_text("\n".join(rows) + "\n")
+    h5.chmod(0o444)
+    return h5
+
+
+def case_libribrain(minutes: float, work: Path, args) -> dict:
+    """Generated LibriBrain run (pnpl layout): tool vs pnpl's own windowed reading."""
+    data = work / "libribrain"
+    h5 = write_libribrain_run(data, minutes)
+    size_mb = h5.stat().st_size / 2**20
+    with open(h5, "rb") as f:  # same (warm) page cache for both pipelines
+        while f.read(1 << 24):
+            pass
+    tool = measure([sys.executable, str(TOOL), "libribrain", str(data), "--dest",
+                    str(work / "tool_out"), "--train-run-keys", ",".join(LIBRIBRAIN_RUN),
+                    "--valid-partition", "none", "--no-progress", "--jobs", "1"])
+    n_tool = len(list((work / "tool_out" / "segments").rglob("*.npy")))
+    shutil.rmtree(work / "tool_out", ignore_errors=True)
+    pnpl = measure([sys.executable, "-c", _PNPL, str(data), "5"])
+    n_pnpl = int(pnpl["stderr_tail"].split()[0]) if not pnpl["rc"] else None
+    row = {"case": "libribrain", "minutes": minutes, "input_mb": round(size_mb),
+           "baseline": "pnpl", "tool": {**tool, "segments": n_tool},
+           "hand": {**pnpl, "segments": n_pnpl}}
+    if pnpl.get("wall_s"):
+        row["speedup"] = round(pnpl["wall_s"] / tool["wall_s"], 2)
+    return row
+
+
 #: case name -> function(minutes, workdir, args) -> result row
-CASES = {"fif": case_fif}
+CASES = {"fif": case_fif, "libribrain": case_libribrain}
 
 
 def main(argv=None) -> int:
@@ -178,7 +267,7 @@ def main(argv=None) -> int:
         tool, hand = row["tool"], row["hand"]
         print(f"{row['case']} {minutes:g} min ({row['input_mb']} MB): "
               f"tool {tool['wall_s']:.1f} s, {tool['peak_rss_mb']:.0f} MB peak RSS, "
-              f"{tool['segments']} segments | hand "
+              f"{tool['segments']} segments | {row.get('baseline', 'hand')} "
               + (f"{hand['wall_s']:.1f} s, {hand['peak_rss_mb']:.0f} MB peak RSS, "
                  f"{hand['segments']} segments | speedup {row['speedup']:.1f}x"
                  if "wall_s" in hand else f"skipped ({hand['skipped']})"), flush=True)

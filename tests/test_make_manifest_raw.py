@@ -292,14 +292,16 @@ def test_channels_flat_bads_annotations_nan(tmp_path):
 
     src = make_fif(tmp_path / "a_raw.fif", seconds=20, n_mag=10, n_grad=10, bads=[3],
                    flat=[12], nan_at=15.5, first_samp=4321, meas_date=1.6e9,
-                   annotations=[(5.2, 0.4, "BAD_ACQ_SKIP"), (10.2, 0.2, "BAD_blink"),
+                   annotations=[(5.0, 1.0, "BAD_ACQ_SKIP"), (10.2, 0.2, "BAD_blink"),
                                 (12.5, 0.2, "stimulus")])
     params = rec.PreprocessParams(segment_seconds=1.0, n_channels=306)
     opts = {"params": params, "segments_root": str(tmp_path / "seg")}
     res = rec.process_recording(seg.RecordingTask("a", str(src), opts))
-    assert res.segments_dropped == {"acquisition_skip": 1, "bad_annotation": 1, "nan": 1}
+    # the skip (saved as a real FIF acquisition skip) also drops its neighbours, whose
+    # edges the filters' ringing at the gap reaches
+    assert res.segments_dropped == {"acquisition_skip": 3, "bad_annotation": 1, "nan": 1}
     assert [int(p[-10:-4]) for p, _ in res.segments] == [
-        i for i in range(20) if i not in (5, 10, 15)]
+        i for i in range(20) if i not in (4, 5, 6, 10, 15)]
     assert res.bad_channels == ["MAG003"] and "MAG003" not in res.channel_names
     assert res.flat_channels == ["GRD002"]
     assert res.channel_policy == "pad" and res.n_meg_channels == 19
@@ -559,3 +561,58 @@ def test_streaming_resampler_equals_resample_poly(up, down, default):
         pos += k
     outs.append(r.flush(3))
     np.testing.assert_allclose(np.concatenate(outs, axis=1), ref, rtol=0, atol=1e-12)
+
+
+def test_discovery_formats_derived_files_splits_and_pattern(tmp_path):
+    from meg2vec_fairseq.preprocessing.recordings import discover_recordings
+
+    root = tmp_path / "data"
+    names = ["a/run1_raw.fif", "a/run1_raw-1.fif", "a/x_split-01_meg.fif",
+             "a/x_split-02_meg.fif", "a/run1-epo.fif", "a/sub-01-cov.fif", "b/k.sqd",
+             "b/k2.con", "c/c,rfDC", "c/config", "notes.txt", "ctf.ds/ctf.meg4",
+             "ctf.ds/inner_raw.fif"]
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"x")
+    found, problems = discover_recordings([root])
+    rel = [p.relative_to(root.resolve()).as_posix() for p, _ in found]
+    assert rel == ["a/run1_raw.fif", "a/x_split-01_meg.fif", "b/k.sqd", "b/k2.con",
+                   "c/c,rfDC", "ctf.ds"] and problems == []
+    found, _ = discover_recordings([root], patterns=["*.sqd", "*.ds"])
+    assert [p.name for p, _ in found] == ["k.sqd", "ctf.ds"]
+    found, problems = discover_recordings([root / "b" / "k.sqd", root / "c"],
+                                          patterns=["*.fif"])
+    assert [p.name for p, _ in found] == ["k.sqd"]  # a file ROOT is taken as is
+    assert "nothing matches *.fif" in problems[0].reason
+
+
+def test_pattern_segments_dir_overwrite_progress_report(tmp_path):
+    make_fif(tmp_path / "in" / "keep_raw.fif", seconds=3, n_mag=3, n_grad=3)
+    make_fif(tmp_path / "in" / "other_raw.fif", seconds=3, n_mag=3, n_grad=3)
+    dest, segdir = tmp_path / "out", tmp_path / "elsewhere"
+    cmd = [sys.executable, str(TOOL), "raw", str(tmp_path / "in"), "--pattern", "keep*",
+           "--dest", str(dest), "--segments-dir", str(segdir), "--segment-seconds", "1",
+           "--n-channels", "6", "--valid-percent", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "100%" in out.stderr and "1/1" in out.stderr  # tqdm progress bar
+    assert "1 recording(s): 1 ok" in out.stdout
+    root, train = read_tsv(dest / "train.tsv")
+    assert root == str(segdir.resolve()) and len(train) == 3
+    assert (segdir / "keep_raw" / "000002.npy").exists() and not (dest / "segments").exists()
+    assert read_tsv(dest / "valid.tsv")[1] == []
+    rep = json.loads((dest / "report.json").read_text())
+    assert rep["params"]["sfreq"] == 250 and rep["summary"]["segments_written"] == 3
+    entry = rep["recordings"][0]
+    for key in ("recording_id", "source", "status", "reason", "system", "n_channels",
+                "n_meg_channels", "channel_policy", "channel_names", "excluded_channels",
+                "bad_channels", "flat_channels", "sfreq_in", "sfreq_out", "seconds_in",
+                "seconds_kept", "segments_written", "segments_dropped", "tail_seconds",
+                "qc", "split"):
+        assert key in entry
+    assert entry["qc"]["before"]["freqs"] and entry["qc"]["after"]["psd"]
+    before = _tree_state(segdir)
+    out = subprocess.run(cmd + ["--overwrite", "--no-progress"], capture_output=True, text=True)
+    assert out.returncode == 0 and "1 ok, 0 already done" in out.stdout
+    after = _tree_state(segdir)
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)

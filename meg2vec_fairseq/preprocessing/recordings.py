@@ -29,8 +29,9 @@ Preprocessing of one recording (:class:`PreprocessParams`)
    state of the first sample.
 5. The result is written to a float32 temp file while per-channel sums are accumulated
    over samples outside bad spans (pass 1). Pass 2 reads it back a block at a time and
-   z-scores each channel with those statistics; flat channels (standard deviation below
-   ``flat_ratio`` times the median of the channels of the same type) are zeroed.
+   z-scores each channel with those statistics; flat channels (input standard deviation
+   outside bad spans below ``flat_ratio`` times the median of the channels of the same
+   type) are zeroed.
 6. Consecutive non-overlapping segments; those overlapping ``BAD_ACQ_SKIP``, other
    ``BAD*`` annotations or NaN spans are dropped and counted.
 
@@ -363,8 +364,17 @@ def rate_ratio(sfreq_in: float, sfreq_out: float) -> tuple[int, int]:
 
 
 # -------------------------------------------------------------------------- discovery
+_BIDS_MEG_EXTENSIONS = (".fif", ".ds", ".sqd", ".con", ".bin")
+
+
 def _is_bti(path: Path) -> bool:
     return path.is_file() and path.name.startswith("c,rf")
+
+
+def _bti_file(folder: Path) -> Optional[Path]:
+    """The BTi/4D data file (``c,rf*``) of a folder, if any."""
+    hits = sorted(p for p in folder.iterdir() if _is_bti(p))
+    return hits[0] if hits else None
 
 
 def _matches(path: Path, patterns: Sequence[str]) -> bool:
@@ -459,14 +469,16 @@ def discover_bids(bids_root: str | os.PathLike, subjects: Optional[Sequence[str]
 
     paths = find_matching_paths(
         bids_root, subjects=subjects, sessions=sessions, tasks=tasks, runs=runs,
-        datatypes="meg", suffixes="meg",
-        extensions=[".fif", ".ds", ".sqd", ".con", ".pdf", ".bin"])
+        datatypes="meg", suffixes="meg", extensions=None)
     found = {}
     for bp in paths:
         fpath = Path(bp.fpath)
         if _SPLIT_PART.search(fpath.name) or not fpath.exists():
             continue
-        found.setdefault(fpath.resolve(), bids_root)
+        # FIF, CTF .ds, KIT, FIL/Artemis .bin files; BTi/4D data is a folder of c,rf* files.
+        if fpath.suffix.lower() in _BIDS_MEG_EXTENSIONS or (
+                fpath.is_dir() and _bti_file(fpath) is not None):
+            found.setdefault(fpath.resolve(), bids_root)
     if not found:
         return [], [RecordingResult.failed(
             _problem_id(bids_root), str(bids_root),
@@ -500,6 +512,12 @@ def open_raw(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise RecordingError(f"{path}: path does not exist")
+    if path.is_dir() and path.suffix.lower() != ".ds":
+        bti = _bti_file(path)
+        if bti is None:
+            raise RecordingError(f"{path}: is a directory but neither a CTF .ds folder nor "
+                                 f"a BTi/4D folder (no c,rf* file)")
+        path = bti
     try:
         if _is_bti(path):
             return mne.io.read_raw_bti(path, preload=False, verbose="error")
@@ -575,25 +593,30 @@ def select_channels(info, n_channels: int, path: str = "") -> dict[str, Any]:
     }
 
 
-def _bad_annotation_spans(raw, sfreq_out: float, margin: int, n_out: int
-                          ) -> dict[str, list[tuple[int, int]]]:
-    """``BAD*`` annotations as output-sample spans: acquisition skips apart."""
-    spans: dict[str, list[tuple[int, int]]] = {"acquisition_skip": [], "bad_annotation": []}
+def _bad_annotation_seconds(raw) -> dict[str, list[tuple[float, float]]]:
+    """``BAD*`` annotations as ``(start, stop)`` seconds from the first sample."""
+    spans: dict[str, list[tuple[float, float]]] = {"acquisition_skip": [],
+                                                   "bad_annotation": []}
     ann = raw.annotations
-    if not len(ann):
-        return spans
     # Onsets are relative to meas_date (then they include first_samp) or to the data start.
     offset = raw.first_time if ann.orig_time is not None else 0.0
     for onset, duration, desc in zip(ann.onset, ann.duration, ann.description):
-        if not desc.lower().startswith("bad"):
-            continue
-        key = "acquisition_skip" if desc.upper() == "BAD_ACQ_SKIP" else "bad_annotation"
-        start = int(math.floor((onset - offset) * sfreq_out)) - margin
-        stop = int(math.ceil((onset - offset + duration) * sfreq_out)) + margin
-        start, stop = max(start, 0), min(stop, n_out)
-        if stop > start:
-            spans[key].append((start, stop))
+        if desc.lower().startswith("bad"):
+            key = "acquisition_skip" if desc.upper() == "BAD_ACQ_SKIP" else "bad_annotation"
+            spans[key].append((onset - offset, onset - offset + duration))
     return spans
+
+
+def _to_samples(spans: Sequence[tuple[float, float]], sfreq: float, margin: int, n: int
+                ) -> list[tuple[int, int]]:
+    """Second spans -> half-open sample spans, widened by ``margin``, clipped to ``n``."""
+    out = []
+    for a, b in spans:
+        start = max(int(math.floor(a * sfreq)) - margin, 0)
+        stop = min(int(math.ceil(b * sfreq)) + margin, n)
+        if stop > start:
+            out.append((start, stop))
+    return out
 
 
 def _span_mask(spans: Sequence[tuple[int, int]], start: int, n: int) -> np.ndarray:
@@ -626,8 +649,15 @@ def _read(raw, picks: Sequence[int], start: int, stop: int) -> np.ndarray:
 def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
                      resampler: StreamingResampler, bandpass: StreamingSOSFilter,
                      nan_spans: list[tuple[int, int]], ratio: float, margin: int,
-                     qc_in: list) -> Iterator[np.ndarray]:
-    """Pass 1 generator: resampled, band-passed ``(channels, n)`` chunks (float64)."""
+                     qc_in: list, in_spans: Sequence[tuple[int, int]], in_stats: dict
+                     ) -> Iterator[np.ndarray]:
+    """Pass 1 generator: resampled, band-passed ``(channels, n)`` chunks (float64).
+
+    Also records NaN spans (output samples) in ``nan_spans``, the first
+    ``params.qc_seconds`` of input in ``qc_in``, and accumulates per-channel sums of the
+    input outside ``in_spans`` and NaNs in ``in_stats`` (``s1``, ``s2``, ``n``) for
+    flat-channel detection.
+    """
     sf_in = raw.info["sfreq"]
     n_in = raw.n_times
     chunk = max(int(params.chunk_seconds * sf_in), 1)
@@ -644,6 +674,13 @@ def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
                 nan_spans.append((int(math.floor((start + a) * ratio)) - margin,
                                   int(math.ceil((start + b) * ratio)) + margin))
             x[bad] = 0.0
+        good = ~_span_mask(in_spans, start, x.shape[1])
+        if bad.any():
+            good &= ~bad.any(axis=0)
+        xg = x if good.all() else x[:, good]
+        in_stats["s1"] += xg.sum(axis=1)
+        in_stats["s2"] += np.einsum("ij,ij->i", xg, xg)
+        in_stats["n"] += xg.shape[1]
         if qc_need > 0:
             qc_in.append(x[:, :qc_need].astype(np.float32))
             qc_need -= qc_in[-1].shape[1]
@@ -694,7 +731,9 @@ def process_recording(task: RecordingTask) -> RecordingResult:
             f"{path}: recording is {raw.n_times / sf_in:.3g} s long, shorter than one "
             f"segment ({params.segment_seconds:g} s)")
     margin = resampler.support_out if not resampler.identity else 0
-    spans = _bad_annotation_spans(raw, sf_in * ratio, margin, n_out)
+    seconds = _bad_annotation_seconds(raw)
+    spans = {k: _to_samples(v, sf_in * ratio, margin, n_out) for k, v in seconds.items()}
+    in_spans = [s for v in seconds.values() for s in _to_samples(v, sf_in, 0, raw.n_times)]
     nan_spans: list[tuple[int, int]] = []
     spans["nan"] = nan_spans  # filled while streaming, before the outputs it covers
     bandpass = StreamingSOSFilter(design_bandpass(params.l_freq, params.h_freq,
@@ -703,7 +742,7 @@ def process_recording(task: RecordingTask) -> RecordingResult:
     rec_dir = prepare_recording_dir(root, task.recording_id)
     try:
         result = _write_recording(raw, task, params, sel, result, resampler, bandpass,
-                                  spans, nan_spans, margin, rec_dir)
+                                  spans, nan_spans, margin, rec_dir, in_spans)
     except BaseException:
         # A failed recording leaves nothing behind (no marker, no partial segments).
         shutil.rmtree(rec_dir, ignore_errors=True)
@@ -716,7 +755,7 @@ def process_recording(task: RecordingTask) -> RecordingResult:
 def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: dict,
                      result: RecordingResult, resampler: StreamingResampler,
                      bandpass: StreamingSOSFilter, spans: dict, nan_spans: list,
-                     margin: int, rec_dir: Path) -> RecordingResult:
+                     margin: int, rec_dir: Path, in_spans: list) -> RecordingResult:
     """The two streaming passes of :func:`process_recording` (writes the segments)."""
     path, root, picks = task.source, rec_dir.parent, sel["picks"]
     sf_in = float(raw.info["sfreq"])
@@ -729,16 +768,17 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
     count = 0
     pos = 0
     qc_in: list = []
+    in_stats = {"s1": np.zeros(n_ch), "s2": np.zeros(n_ch), "n": 0}
     # Pass 1: stream -> float32 temp file (time-major), statistics over good samples.
     try:
         with open(tmp_path, "wb") as tmp:
             for y in _stream_filtered(raw, picks, params, resampler, bandpass, nan_spans,
-                                      ratio, margin, qc_in):
+                                      ratio, margin, qc_in, in_spans, in_stats):
                 n = y.shape[1]
                 if n == 0:
                     continue
                 good = ~(_span_mask([s for v in spans.values() for s in v], pos, n))
-                yg = y[:, good]
+                yg = y if good.all() else y[:, good]
                 s1 += yg.sum(axis=1)
                 s2 += np.einsum("ij,ij->i", yg, yg)
                 count += int(good.sum())
@@ -749,7 +789,11 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
                                  f"annotations or NaN)")
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
-        flat = _flat_channels(std, sel["types"], params.flat_ratio)
+        # Flatness is judged on the input: filter ringing at gaps makes any channel move.
+        n_good_in = max(in_stats["n"], 1)
+        std_in = np.sqrt(np.maximum(in_stats["s2"] / n_good_in
+                                    - (in_stats["s1"] / n_good_in) ** 2, 0.0))
+        flat = _flat_channels(std_in, sel["types"], params.flat_ratio) | (std <= 0)
         scale = np.where(flat, 0.0, 1.0 / np.where(std > 0, std, 1.0))
         result.flat_channels = [sel["names"][i] for i in np.flatnonzero(flat)]
         # Pass 2: z-score, zero flat channels, pad, segment, write.
@@ -805,7 +849,7 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
 
 
 def _flat_channels(std: np.ndarray, types: Sequence[str], ratio: float) -> np.ndarray:
-    """Channels whose std is 0 or below ``ratio`` x the median of their channel type."""
+    """Channels whose input std is 0 or below ``ratio`` x the median of their type."""
     flat = std <= 0
     types = np.asarray(types)
     for kind in set(types.tolist()):
