@@ -125,6 +125,30 @@ def test_failed_download_is_a_clear_per_run_error(tree, monkeypatch):
     assert "huggingface_hub" in loc.errors[missing]
 
 
+def test_download_goes_through_pnpl(tree, tmp_path, monkeypatch):
+    """--download: missing runs come from pnpl's downloader (faked: copies from a 'hub' tree)."""
+    hub, _ = tree
+    fetched = []
+
+    def fake_download(fpath, rel_path, data_path, primary_repo, fallback_repos=None,
+                      max_retries=5):
+        fetched.append((rel_path, primary_repo))
+        os.makedirs(os.path.dirname(fpath), exist_ok=True)
+        with open(os.path.join(hub, rel_path), "rb") as src, open(fpath, "wb") as dst:
+            dst.write(src.read())
+        return fpath
+
+    mixin = lb.import_pnpl("pnpl.datasets.mixins").HFDownloadMixin
+    monkeypatch.setattr(mixin, "_download_with_retry_static", staticmethod(fake_download))
+    data = tmp_path / "empty"  # does not exist yet: allowed with downloads on
+    out = _run(data, tmp_path / "out", download=True, train_run_keys=[FIRST_TRAIN_KEY])
+    assert out["failed"] == 0
+    assert sorted(fetched) == sorted(
+        (os.path.relpath(lb.h5_path(_resolver(data), k), data), "pnpl/LibriBrain")
+        for k in (FIRST_TRAIN_KEY, VALIDATION_KEY))
+    assert _run_ids(_manifest(tmp_path / "out", "valid")[1]) == [lb.run_key_name(VALIDATION_KEY)]
+
+
 def test_check_run_accepts_a_good_run(tree):
     root, paths = tree
     info = lb.check_run(paths[FIRST_TRAIN_KEY], FIRST_TRAIN_KEY, segment_seconds=2.0)
@@ -220,7 +244,7 @@ def _run_ids(rows):
 def test_pipeline_selection_shapes_dtypes_clipping(tree, tmp_path):
     root, _ = tree
     dest = tmp_path / "out"
-    out = _run(root, dest, qc=True)
+    out = _run(root, dest, qc=True, jobs=2)
     assert out["failed"] == 0
     seg_root, train = _manifest(dest, "train")
     _, valid = _manifest(dest, "valid")
