@@ -646,6 +646,28 @@ def _read(raw, picks: Sequence[int], start: int, stop: int) -> np.ndarray:
             f"corrupt file?): {type(err).__name__}: {err}") from err
 
 
+def _prefetched(raw, picks: Sequence[int], starts: Sequence[int], chunk: int
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, data)`` chunks, reading the next one in a thread meanwhile.
+
+    Reading (file I/O, calibration) mostly releases the GIL, so it overlaps with the
+    filtering of the previous chunk. At most two chunks are in memory.
+    """
+    import concurrent.futures as cf
+
+    n_in = raw.n_times
+    starts = list(starts)
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(_read, raw, picks, starts[0], min(starts[0] + chunk, n_in)) \
+            if starts else None
+        for i, start in enumerate(starts):
+            x = nxt.result()
+            if i + 1 < len(starts):
+                s2 = starts[i + 1]
+                nxt = pool.submit(_read, raw, picks, s2, min(s2 + chunk, n_in))
+            yield start, x
+
+
 def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
                      resampler: StreamingResampler, bandpass: StreamingSOSFilter,
                      nan_spans: list[tuple[int, int]], ratio: float, margin: int,
@@ -665,8 +687,7 @@ def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
     with np.errstate(all="ignore"):
         offset = np.nan_to_num(np.nanmean(head, axis=1))[:, None]
     qc_need = int(params.qc_seconds * sf_in)
-    for start in range(0, n_in, chunk):
-        x = _read(raw, picks, start, min(start + chunk, n_in))
+    for start, x in _prefetched(raw, picks, range(0, n_in, chunk), chunk):
         x -= offset
         bad = ~np.isfinite(x)
         if bad.any():
