@@ -233,7 +233,11 @@ def add_libribrain_args(p: argparse.ArgumentParser) -> None:
                    help="seconds read per step; bounds memory (default: 30)")
     g.add_argument("--no-fsync", action="store_true", help="do not fsync each segment")
     add_output_options(p)
-    # The split is pnpl's partitions (or explicit run keys), never a random one.
+    # The split is pnpl's partitions (or explicit run keys), never a random one: hide the
+    # random-split options (still parsed, so that using them is a clear error).
+    for action in p._actions:
+        if action.dest in ("valid_percent", "seed"):
+            action.help = argparse.SUPPRESS
     p.set_defaults(valid_percent=None, seed=None)
 
 
