@@ -76,11 +76,14 @@ __all__ = [
     "RecordingError",
     "StreamingResampler",
     "StreamingSOSFilter",
+    "design_bandpass",
+    "design_resampling_filter",
     "discover_bids",
     "discover_recordings",
     "make_tasks",
     "open_raw",
     "process_recording",
+    "rate_ratio",
     "select_channels",
 ]
 
