@@ -5,22 +5,11 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Union
 
-import numpy as np
 import torch
 
 from .data.meg_dataset import MegNpyDataset
 from .features import extract_features, load_meg2vec
-
-
-def save_npy_atomic(path: str, array: np.ndarray) -> None:
-    """Save ``array`` to ``path`` so that ``path`` only ever exists complete."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp_path = f"{path}.tmp-{os.getpid()}"
-    with open(tmp_path, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, path)
+from .preprocessing.segments import atomic_save_npy, atomic_write_text
 
 
 def write_manifest_features(
@@ -68,12 +57,12 @@ def write_manifest_features(
     for index in range(len(dataset)):
         source = dataset[index]["source"]
         features = extract_features(model, source, layer=layer)[0].cpu().numpy()
-        save_npy_atomic(os.path.join(dest, dataset.relative_paths[index]), features)
+        path = os.path.join(dest, dataset.relative_paths[index])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_save_npy(path, features)
         rows.append(f"{dataset.relative_paths[index]}\t{features.shape[0]}")
     index_path = os.path.join(dest, "features.tsv")
-    with open(f"{index_path}.tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join([dest, *rows]) + "\n")
-    os.replace(f"{index_path}.tmp", index_path)
+    atomic_write_text(index_path, "\n".join([dest, *rows]) + "\n")
     return {
         "segments": len(rows),
         "frames": int(features.shape[0]),

@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .preprocessing.segments import atomic_save_npy, atomic_write_text
+
 #: Event kinds: (duration in s, carrier frequency in Hz or 0 for an evoked-like waveform).
 EVENT_KINDS: Tuple[Tuple[float, float], ...] = (
     (0.30, 0.0),  # slow evoked deflection (M100/M200-like)
@@ -192,16 +194,14 @@ def write_synthetic_dataset(
         for index in range(data.shape[1] // segment_samples):
             start = index * segment_samples
             relative = f"segments/rec-{recording:03d}/seg-{index:04d}.npy"
-            np.save(
-                os.path.join(dest, relative), data[:, start : start + segment_samples].astype(dtype)
-            )
+            segment = data[:, start : start + segment_samples].astype(dtype)
+            atomic_save_npy(os.path.join(dest, relative), segment, fsync=False)
             rows[split].append(f"{relative}\t{segment_samples}")
             for onset, kind in events:
                 if start <= onset < start + segment_samples:
                     event_rows.append((relative, onset - start, kind))
-    for split, lines in rows.items():
-        with open(os.path.join(dest, f"{split}.tsv"), "w", encoding="utf-8") as f:
-            f.write("\n".join([dest, *lines]) + "\n")
+    for split, lines in rows.items():  # manifests last, so they never list a missing segment
+        atomic_write_text(os.path.join(dest, f"{split}.tsv"), "\n".join([dest, *lines]) + "\n")
     with open(os.path.join(dest, "events.tsv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["segment", "onset_sample", "kind"])

@@ -37,7 +37,10 @@ def trained(tmp_path_factory):
     """Synthetic manifests and a checkpoint of the tiny model after 30 updates."""
     root = tmp_path_factory.mktemp("cli")
     data = root / "data"
-    write_synthetic_dataset(str(data), n_recordings=4, seconds_per_recording=20, seed=3)
+    # 4 valid segments: fewer than fairseq-validate's batch-size multiple of 8
+    write_synthetic_dataset(
+        str(data), n_recordings=4, seconds_per_recording=20, n_valid_recordings=1, seed=3
+    )
     save_dir = root / "checkpoints"
     result = run_command(train_command(data, save_dir, 30))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -91,6 +94,7 @@ def test_fairseq_validate_on_the_checkpoint(trained):
     assert "valid on 'valid' subset" in log
     record = [line for line in log.splitlines() if "valid on 'valid' subset" in line][-1]
     assert "code_perplexity" in record and "accuracy" in record
+    assert "nsentences 4 " in record  # every validation segment was used
 
 
 def test_extract_features_tool(trained, tmp_path):

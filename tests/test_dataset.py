@@ -72,6 +72,15 @@ def test_bucketing_pads_to_bucket_sizes(tmp_path):
     assert batch["net_input"]["padding_mask"][:, 500:].all()
 
 
+def test_batching_keeps_a_last_batch_that_is_not_a_multiple_of_eight(tmp_path):
+    dataset = load(write_manifest(tmp_path, random_segments(13, samples=500)))
+    batches = dataset.batch_by_size(
+        dataset.ordered_indices(), max_tokens=4000, required_batch_size_multiple=8
+    )
+    assert [len(b) for b in batches] == [8, 5]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(13))
+
+
 def test_per_channel_normalisation(tmp_path):
     rng = np.random.default_rng(0)
     segment = (rng.standard_normal((306, 600)) * 5 + 3).astype(np.float32)

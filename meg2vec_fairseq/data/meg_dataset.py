@@ -288,6 +288,28 @@ class MegNpyDataset(RawAudioDataset):
             self._bucketed_sizes = get_bucketed_sizes(self._collated_sizes, self.buckets)
             logger.info(f"{len(self.buckets)} bucket(s) for the MEG dataset: {self.buckets}")
 
+    def batch_by_size(
+        self,
+        indices: np.ndarray,
+        max_tokens: Optional[int] = None,
+        max_sentences: Optional[int] = None,
+        required_batch_size_multiple: int = 1,
+    ) -> List[np.ndarray]:
+        """fairseq's batching, keeping the last batch even when it is not a full multiple.
+
+        fairseq drops a final batch whose size is not a multiple of
+        ``required_batch_size_multiple`` (8 by default in ``fairseq-validate``): segments
+        would silently go unused, and a validation set of fewer than 8 segments would give
+        no batch at all.
+        """
+        batches = list(
+            super().batch_by_size(indices, max_tokens, max_sentences, required_batch_size_multiple)
+        )
+        n_batched = sum(len(batch) for batch in batches)
+        if n_batched < len(indices):
+            batches.append(np.asarray(indices[n_batched:], dtype=np.int64))
+        return batches
+
     def segment_path(self, index: int) -> str:
         """Absolute path of segment ``index``."""
         return os.path.join(self.root_dir, self.relative_paths[index])
