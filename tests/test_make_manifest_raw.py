@@ -274,7 +274,7 @@ def test_streaming_matches_whole_recording(tmp_path, sfreq, chunk):
     got = np.concatenate([np.load(tmp_path / "seg" / p) for p, _ in res.segments], axis=1)
 
     x = mne.io.read_raw_fif(src, preload=True, verbose=False).get_data()
-    x = x - x[:, :int(sfreq)].mean(axis=1, keepdims=True)
+    x = (x - x[:, :int(sfreq)].mean(axis=1, keepdims=True)).astype(np.float32)
     up, down = rec.rate_ratio(sfreq, 250.0)
     taps = rec.design_resampling_filter(sfreq, 250.0, up, down, 40.0)
     y = signal.resample_poly(x, up, down, axis=-1, window=taps)

@@ -16,8 +16,9 @@ The MNE-specific half of ``tools/make_manifest.py raw|bids`` (the input-agnostic
 Preprocessing of one recording (:class:`PreprocessParams`)
 ----------------------------------------------------------
 1. Read ``chunk_seconds`` at a time with ``raw.get_data(picks, start, stop)`` (never
-   ``preload``); subtract each channel's mean over the first second (only reduces edge
-   transients: the band-pass removes any constant).
+   ``preload``; the next chunk is read in a thread meanwhile); subtract each channel's
+   mean over the first second (only reduces edge transients: the band-pass removes any
+   constant) and round to float32, the precision MEG files are stored in.
 2. NaN samples are replaced by 0 and their span (plus a margin) marked bad.
 3. Resample to ``sfreq`` with a polyphase FIR (exactly ``scipy.signal.resample_poly``
    with the short anti-alias filter of :func:`design_resampling_filter`: flat to
@@ -29,9 +30,9 @@ Preprocessing of one recording (:class:`PreprocessParams`)
    state of the first sample.
 5. The result is written to a float32 temp file while per-channel sums are accumulated
    over samples outside bad spans (pass 1). Pass 2 reads it back a block at a time and
-   z-scores each channel with those statistics; flat channels (input standard deviation
-   outside bad spans below ``flat_ratio`` times the median of the channels of the same
-   type) are zeroed.
+   z-scores each channel with those statistics; flat channels (standard deviation of the
+   resampled, not yet band-passed signal outside bad spans below ``flat_ratio`` times
+   the median of the channels of the same type) are zeroed.
 6. Consecutive non-overlapping segments; those overlapping ``BAD_ACQ_SKIP``, other
    ``BAD*`` annotations or NaN spans are dropped and counted.
 
@@ -674,14 +675,13 @@ def _prefetched(raw, picks: Sequence[int], starts: Sequence[int], chunk: int
 def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
                      resampler: StreamingResampler, bandpass: StreamingSOSFilter,
                      nan_spans: list[tuple[int, int]], ratio: float, margin: int,
-                     qc_in: list, in_spans: Sequence[tuple[int, int]], in_stats: dict
-                     ) -> Iterator[np.ndarray]:
-    """Pass 1 generator: resampled, band-passed ``(channels, n)`` chunks (float64).
+                     qc_in: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pass 1 generator: ``(resampled, band-passed)`` chunks at the output rate.
 
-    Also records NaN spans (output samples) in ``nan_spans``, the first
-    ``params.qc_seconds`` of input in ``qc_in``, and accumulates per-channel sums of the
-    input outside ``in_spans`` and NaNs in ``in_stats`` (``s1``, ``s2``, ``n``) for
-    flat-channel detection.
+    The input is offset-corrected and rounded to float32 (the precision MEG files are
+    stored in) in one pass, then resampled in float64. Also records NaN spans (output
+    samples, widened by ``margin``) in ``nan_spans`` and the first ``params.qc_seconds``
+    of input in ``qc_in``.
     """
     sf_in = raw.info["sfreq"]
     n_in = raw.n_times
@@ -690,26 +690,23 @@ def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
     with np.errstate(all="ignore"):
         offset = np.nan_to_num(np.nanmean(head, axis=1))[:, None]
     qc_need = int(params.qc_seconds * sf_in)
-    for start, x in _prefetched(raw, picks, range(0, n_in, chunk), chunk):
-        x -= offset
-        bad = ~np.isfinite(x)
-        if bad.any():
+    for start, x64 in _prefetched(raw, picks, range(0, n_in, chunk), chunk):
+        x = np.empty(x64.shape, dtype=np.float32)
+        np.subtract(x64, offset, out=x, casting="same_kind")
+        del x64
+        if not np.isfinite(x.sum(axis=0)).all():  # cheap test first; NaNs are rare
+            bad = ~np.isfinite(x)
             for a, b in _runs(bad.any(axis=0)):
                 nan_spans.append((int(math.floor((start + a) * ratio)) - margin,
                                   int(math.ceil((start + b) * ratio)) + margin))
             x[bad] = 0.0
-        good = ~_span_mask(in_spans, start, x.shape[1])
-        if bad.any():
-            good &= ~bad.any(axis=0)
-        xg = x if good.all() else x[:, good]
-        in_stats["s1"] += xg.sum(axis=1)
-        in_stats["s2"] += np.einsum("ij,ij->i", xg, xg)
-        in_stats["n"] += xg.shape[1]
         if qc_need > 0:
-            qc_in.append(x[:, :qc_need].astype(np.float32))
+            qc_in.append(x[:, :qc_need].copy())
             qc_need -= qc_in[-1].shape[1]
-        yield bandpass.process(resampler.process(x))
-    yield bandpass.process(resampler.flush(len(picks)))
+        r = resampler.process(x)
+        yield r, bandpass.process(r)
+    r = resampler.flush(len(picks))
+    yield r, bandpass.process(r)
 
 
 def process_recording(task: RecordingTask) -> RecordingResult:
@@ -757,7 +754,6 @@ def process_recording(task: RecordingTask) -> RecordingResult:
     margin = resampler.support_out if not resampler.identity else 0
     seconds = _bad_annotation_seconds(raw)
     spans = {k: _to_samples(v, sf_in * ratio, margin, n_out) for k, v in seconds.items()}
-    in_spans = [s for v in seconds.values() for s in _to_samples(v, sf_in, 0, raw.n_times)]
     nan_spans: list[tuple[int, int]] = []
     spans["nan"] = nan_spans  # filled while streaming, before the outputs it covers
     bandpass = StreamingSOSFilter(design_bandpass(params.l_freq, params.h_freq,
@@ -766,7 +762,7 @@ def process_recording(task: RecordingTask) -> RecordingResult:
     rec_dir = prepare_recording_dir(root, task.recording_id)
     try:
         result = _write_recording(raw, task, params, sel, result, resampler, bandpass,
-                                  spans, nan_spans, margin, rec_dir, in_spans)
+                                  spans, nan_spans, margin, rec_dir)
     except BaseException:
         # A failed recording leaves nothing behind (no marker, no partial segments).
         shutil.rmtree(rec_dir, ignore_errors=True)
@@ -779,7 +775,7 @@ def process_recording(task: RecordingTask) -> RecordingResult:
 def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: dict,
                      result: RecordingResult, resampler: StreamingResampler,
                      bandpass: StreamingSOSFilter, spans: dict, nan_spans: list,
-                     margin: int, rec_dir: Path, in_spans: list) -> RecordingResult:
+                     margin: int, rec_dir: Path) -> RecordingResult:
     """The two streaming passes of :func:`process_recording` (writes the segments)."""
     path, root, picks = task.source, rec_dir.parent, sel["picks"]
     sf_in = float(raw.info["sfreq"])
@@ -796,16 +792,23 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
     # Pass 1: stream -> float32 temp file (time-major), statistics over good samples.
     try:
         with open(tmp_path, "wb") as tmp:
-            for y in _stream_filtered(raw, picks, params, resampler, bandpass, nan_spans,
-                                      ratio, margin, qc_in, in_spans, in_stats):
+            for r, y in _stream_filtered(raw, picks, params, resampler, bandpass, nan_spans,
+                                         ratio, margin, qc_in):
                 n = y.shape[1]
                 if n == 0:
                     continue
                 good = ~(_span_mask([s for v in spans.values() for s in v], pos, n))
-                yg = y if good.all() else y[:, good]
+                every = good.all()
+                yg = y if every else y[:, good]
                 s1 += yg.sum(axis=1)
                 s2 += np.einsum("ij,ij->i", yg, yg)
                 count += int(good.sum())
+                # Flatness is judged before the band-pass (no ringing at gaps; bad spans
+                # and their filter margins excluded).
+                rg = r if every else r[:, good]
+                in_stats["s1"] += rg.sum(axis=1)
+                in_stats["s2"] += np.einsum("ij,ij->i", rg, rg)
+                in_stats["n"] += rg.shape[1]
                 tmp.write(np.ascontiguousarray(y.T, dtype=np.float32).tobytes())
                 pos += n
         if count < 2:
@@ -813,7 +816,6 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
                                  f"annotations or NaN)")
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
-        # Flatness is judged on the input: filter ringing at gaps makes any channel move.
         n_good_in = max(in_stats["n"], 1)
         std_in = np.sqrt(np.maximum(in_stats["s2"] / n_good_in
                                     - (in_stats["s1"] / n_good_in) ** 2, 0.0))

@@ -50,6 +50,7 @@ Typical use by an input type (see :mod:`meg2vec_fairseq.preprocessing.recordings
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
@@ -552,10 +553,26 @@ def write_segments(segments: Iterable[Segment], segments_root: str | os.PathLike
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
     root = Path(segments_root)
     rows = []
-    for seg in segments:
-        rel = f"{recording_id}/{seg.index:06d}.npy"
-        atomic_save_npy(root / rel, seg.data.astype(dtype, copy=False), fsync=fsync)
-        rows.append([rel, int(seg.data.shape[1])])
+    # One writer thread: file writes and fsyncs (which release the GIL) overlap with the
+    # production of the next segments. Files are still written and renamed one at a
+    # time, in order; at most `max_pending` segments wait in memory; a write error is
+    # raised here (at the latest before returning).
+    max_pending = 2
+    pending: collections.deque = collections.deque()
+    with cf.ThreadPoolExecutor(max_workers=1) as writer:
+        try:
+            for seg in segments:
+                rel = f"{recording_id}/{seg.index:06d}.npy"
+                data = np.array(seg.data, dtype=dtype, copy=True)  # the producer may reuse it
+                pending.append(writer.submit(atomic_save_npy, root / rel, data, fsync))
+                rows.append([rel, int(seg.data.shape[1])])
+                while len(pending) > max_pending:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
     if fsync and rows:
         _fsync_dir(root / recording_id)
     return rows
