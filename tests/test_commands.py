@@ -32,6 +32,16 @@ def train_command(data, save_dir, max_update, *extra):
     ]
 
 
+def extract_command(save_dir, manifest, dest, layer):
+    # fmt: off
+    return [
+        "python", "tools/extract_features.py",
+        "--checkpoint", str(save_dir / "checkpoint_best.pt"),
+        "--manifest", str(manifest), "--dest", str(dest), "--layer", layer,
+    ]
+    # fmt: on
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Synthetic manifests and a checkpoint of the tiny model after 30 updates."""
@@ -100,20 +110,7 @@ def test_fairseq_validate_on_the_checkpoint(trained):
 def test_extract_features_tool(trained, tmp_path):
     data, save_dir, _ = trained
     dest = tmp_path / "features"
-    result = run_command(
-        [
-            "python",
-            "tools/extract_features.py",
-            "--checkpoint",
-            str(save_dir / "checkpoint_best.pt"),
-            "--manifest",
-            str(data / "valid.tsv"),
-            "--dest",
-            str(dest),
-            "--layer",
-            "1",
-        ]
-    )
+    result = run_command(extract_command(save_dir, data / "valid.tsv", dest, "1"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = (dest / "features.tsv").read_text().splitlines()[1:]
     assert len(rows) == len((data / "valid.tsv").read_text().splitlines()) - 1
@@ -126,20 +123,7 @@ def test_extract_features_tool(trained, tmp_path):
 
 def test_extract_features_refuses_a_bad_layer(trained, tmp_path):
     data, save_dir, _ = trained
-    result = run_command(
-        [
-            "python",
-            "tools/extract_features.py",
-            "--checkpoint",
-            str(save_dir / "checkpoint_best.pt"),
-            "--manifest",
-            str(data / "valid.tsv"),
-            "--dest",
-            str(tmp_path),
-            "--layer",
-            "9",
-        ]
-    )
+    result = run_command(extract_command(save_dir, data / "valid.tsv", tmp_path, "9"))
     assert result.returncode == 1
     assert "layer 9 out of range: the model has 4 Transformer layers" in result.stderr
 
