@@ -194,7 +194,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--reuse-checkpoint", action="store_true",
                         help="probe OUT/checkpoints/checkpoint_last.pt without re-training")
-    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for pre-training")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="extra hydra override for pre-training (repeatable), e.g. "
+                        "--set model.mask_prob=0.65")
     args = parser.parse_args(argv)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -396,17 +397,21 @@ def load_libribrain(
         stats_info = os.path.abspath(channel_stats)
     kwargs.update(pnpl_kwargs)
     datasets = []
+    missing: Dict[str, int] = {}  # runs of each partition that are not on disk (pnpl skips them)
     windows: List[Window] = []
     rng = np.random.default_rng(seed)
     sample_rate = 250.0
     class_names: Optional[List[str]] = None
     for split, partition in PNPL_PARTITIONS.items():
         try:
-            dataset = cls(data_path=data_path, partition=partition, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                dataset = cls(data_path=data_path, partition=partition, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise ProbeError(
                 f"LibriBrain {task} ({partition}) under {data_path}: {err}".replace("\n", " ")
             ) from None
+        missing[partition] = sum("File not found for run key" in str(w.message) for w in caught)
         sample_rate = float(getattr(dataset, "sfreq", sample_rate) or sample_rate)
         if class_names is None:
             names = getattr(dataset, "labels_sorted", None)
@@ -435,7 +440,7 @@ def load_libribrain(
         sample_rate=sample_rate,
         n_channels=int(lb.N_CHANNELS),
         info={"data_path": os.path.abspath(data_path), "channel_stats": stats_info,
-              "tmin": tmin, "tmax": tmax},
+              "tmin": tmin, "tmax": tmax, "runs_not_on_disk": missing},
     )
 
 
@@ -719,8 +724,6 @@ def fit_and_score(
         ``C``, ``valid_macro_f1`` (of the chosen C), test ``macro_f1``,
         ``balanced_accuracy`` and ``confusion`` (list of lists), ``n_train``.
     """
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler

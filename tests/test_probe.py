@@ -289,3 +289,29 @@ def test_checkpoint_source_end_to_end(synthetic, tmp_path):
     assert names == ["checkpoint", "random-init", "raw"]
     assert result["sources"][0]["source"]["layer"] == 1
     assert result["sources"][0]["feature_dim"] == result["sources"][1]["feature_dim"] == 256
+
+
+# ---------------------------------------------------------------------------------------------
+# LibriBrain through pnpl (fake tree, no network)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_libribrain_speech_windows_use_the_pretraining_channel_stats(tmp_path):
+    from libribrain_fake import FIRST_TRAIN_KEY, make_fake_libribrain, read_run
+
+    from meg2vec_fairseq.preprocessing import libribrain as lb
+
+    paths = make_fake_libribrain(str(tmp_path / "lb"), seconds=12.0, events=True)
+    raw = read_run(paths[FIRST_TRAIN_KEY]).astype(np.float64)
+    stats = lb.ChannelStats(means=raw.mean(axis=1), stds=raw.std(axis=1), clip=10.0)
+    lb.save_channel_stats(stats, str(tmp_path))
+    dataset = pr.load_libribrain("speech", str(tmp_path / "lb"), str(tmp_path), max_windows=20)
+    assert dataset.class_names == ["silence", "speech"]
+    assert {w.split for w in dataset.windows} == set(pr.SPLITS)
+    first = next(w for w in dataset.windows if w.split == "train" and w.source == 0)
+    window = dataset.read(first)
+    assert window.shape == (306, 125) and window.dtype == np.float32
+    # standardised with the saved pre-training statistics and clipped, as the segments were
+    assert np.abs(window).max() <= 10.0
+    assert abs(float(np.median(window))) < 0.5 and 0.3 < float(window.std()) < 3.0
+    assert dataset.info["channel_stats"] == str(tmp_path)
