@@ -616,3 +616,18 @@ def test_pattern_segments_dir_overwrite_progress_report(tmp_path):
     assert out.returncode == 0 and "1 ok, 0 already done" in out.stdout
     after = _tree_state(segdir)
     assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)
+
+
+def test_all_channels_bad_and_nothing_usable(tmp_path):
+    from meg2vec_fairseq.preprocessing import recordings as rec
+
+    params = rec.PreprocessParams(segment_seconds=1.0, n_channels=4)
+    opts = {"params": params, "segments_root": str(tmp_path / "seg")}
+    src = make_fif(tmp_path / "bads_raw.fif", seconds=3, n_mag=2, n_grad=2, bads=[0, 1, 2, 3])
+    with pytest.raises(rec.RecordingError, match="all 4 MEG channels are marked bad"):
+        rec.process_recording(seg.RecordingTask("bads", str(src), opts))
+    src = make_fif(tmp_path / "allbad_raw.fif", seconds=3, n_mag=2, n_grad=2,
+                   annotations=[(0.0, 3.0, "BAD_movement")])
+    with pytest.raises(rec.RecordingError, match="no usable data"):
+        rec.process_recording(seg.RecordingTask("allbad", str(src), opts))
+    assert not (tmp_path / "seg" / "allbad").exists()
