@@ -632,3 +632,34 @@ def test_all_channels_bad_and_nothing_usable(tmp_path):
     with pytest.raises(rec.RecordingError, match="no usable data"):
         rec.process_recording(seg.RecordingTask("allbad", str(src), opts))
     assert not (tmp_path / "seg" / "allbad").exists()
+
+
+_PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def test_memory_does_not_grow_with_recording_length(tmp_path):
+    """Peak RSS of the tool on a 4x longer recording stays (nearly) the same."""
+    import mne
+
+    piece = make_fif(tmp_path / "piece_raw.fif", seconds=15, n_mag=102, n_grad=204)
+    (tmp_path / "in").mkdir()
+    for name, n in (("short", 4), ("long", 16)):  # 60 s and 240 s, both past qc_seconds
+        raws = [mne.io.read_raw_fif(piece, verbose=False) for _ in range(n)]
+        raw = mne.concatenate_raws(raws, verbose=False)  # lazy: raw.save streams it
+        raw.set_annotations(None)
+        raw.save(tmp_path / "in" / f"{name}_raw.fif", verbose=False)
+    rss = {}
+    for name in ("short", "long"):
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, sys.executable, str(TOOL), "raw",
+             str(tmp_path / "in" / f"{name}_raw.fif"), "--dest", str(tmp_path / name),
+             "--chunk-seconds", "2", "--no-progress", "--no-qc"],
+            capture_output=True, text=True, check=True)
+        rss[name] = int(out.stdout.split()[-1]) / 1024  # MiB
+    assert report(tmp_path / "long")["long_raw"]["segments_written"] == 48
+    # 180 s more of 306 channels would be 420 MB as float64, 210 MB as float32
+    assert rss["long"] - rss["short"] < 60, rss  # run-to-run noise is ~15 MB
