@@ -487,7 +487,7 @@ def test_cli_libribrain100_same_layout(tree, tmp_path, capsys):
 @pytest.mark.slow
 def test_end_to_end_libribrain_to_fairseq_train_and_validate(tmp_path):
     """Fake tree -> make_manifest.py libribrain -> fairseq-hydra-train (tiny) -> fairseq-validate,
-    the command lines of docs/libribrain.md, run from the repository root."""
+    the command lines of the README (LibriBrain, end to end), run from the repository root."""
     from meg_fixtures import parse_fairseq_log, run_command
 
     root = tmp_path / "libribrain"
