@@ -184,6 +184,9 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-recordings", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=40.0, help="per recording")
     parser.add_argument("--event-snr", type=float, default=SyntheticMEGConfig.event_snr)
+    parser.add_argument("--rhythm-bandwidth", type=float, default=0.0,
+                        help="line width (Hz) of the synthetic alpha/beta rhythms (0: pure "
+                        "sinusoids, the generator's default)")
     parser.add_argument("--window", type=float, default=0.5,
                         help="probe window from the event onset (s)")
     parser.add_argument("--context", type=float, default=1.0,
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    config = SyntheticMEGConfig(event_snr=args.event_snr)
+    config = SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth)
     pretrain_data = os.path.join(out, "pretrain_data")
     probe_data = os.path.join(out, "probe_data")
     save_dir = os.path.join(out, "checkpoints")

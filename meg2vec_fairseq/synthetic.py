@@ -46,6 +46,10 @@ class SyntheticMEGConfig:
     sensor_noise: float = 0.1
     rhythm_amplitude: float = 0.6
     layout_seed: int = 1234  # fixes sensor positions and event patterns across recordings
+    #: Line width (Hz) of the alpha/beta rhythms: 0 (default) gives pure sinusoids of constant
+    #: phase; > 0 lets the phase diffuse (a Lorentzian peak of that width, as real rhythms
+    #: have), so a rhythm's phase is not predictable far ahead.
+    rhythm_bandwidth: float = 0.0
     event_kinds: Tuple[Tuple[float, float], ...] = field(default=EVENT_KINDS)
 
 
@@ -125,6 +129,9 @@ def generate_recording(
     for pattern, freq in zip(rhythm_patterns, (10.0, 20.0)):
         amplitude = 1.0 + 0.8 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 6))
         phase = rng.uniform(0, 2 * np.pi)
+        if config.rhythm_bandwidth > 0:  # phase diffusion: Lorentzian line of this width
+            step = np.sqrt(2 * np.pi * config.rhythm_bandwidth / config.sfreq)
+            phase = phase + np.cumsum(step * rng.normal(size=n_samples))
         rhythm = config.rhythm_amplitude * amplitude * np.sin(2 * np.pi * freq * t + phase)
         data += np.outer(pattern, rhythm) * np.sqrt(config.n_channels) / 4
 

@@ -315,3 +315,18 @@ def test_libribrain_speech_windows_use_the_pretraining_channel_stats(tmp_path):
     assert np.abs(window).max() <= 10.0
     assert abs(float(np.median(window))) < 0.5 and 0.3 < float(window.std()) < 3.0
     assert dataset.info["channel_stats"] == str(tmp_path)
+
+
+def test_synthetic_rhythm_bandwidth_option():
+    from meg2vec_fairseq.synthetic import generate_recording
+
+    config = SyntheticMEGConfig(n_channels=N_CHANNELS)
+    default, events = generate_recording(4.0, 7, config)
+    same, same_events = generate_recording(4.0, 7, SyntheticMEGConfig(n_channels=N_CHANNELS,
+                                                                      rhythm_bandwidth=0.0))
+    np.testing.assert_array_equal(default, same)  # 0 keeps the seed's pure sinusoids
+    assert events == same_events
+    broad, _ = generate_recording(4.0, 7, SyntheticMEGConfig(n_channels=N_CHANNELS,
+                                                             rhythm_bandwidth=2.0))
+    assert broad.shape == default.shape and np.isfinite(broad).all()
+    assert not np.allclose(broad, default)
