@@ -4,7 +4,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
@@ -31,8 +31,12 @@ def model_fields(name: str) -> Dict[str, object]:
     return fields
 
 
-def build_meg2vec(name: str) -> Meg2VecModel:
-    return Meg2VecModel(OmegaConf.structured(Meg2VecConfig(**model_fields(name))))
+def build_meg2vec(name: str, in_channels: Optional[int] = None) -> Meg2VecModel:
+    """meg2vec as a shipped config builds it (``in_channels`` overrides the sensor count)."""
+    fields = model_fields(name)
+    if in_channels is not None:
+        fields["in_channels"] = in_channels
+    return Meg2VecModel(OmegaConf.structured(Meg2VecConfig(**fields)))
 
 
 def build_audio_wav2vec2(name: str) -> Wav2Vec2Model:
