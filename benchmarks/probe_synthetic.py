@@ -178,20 +178,22 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="meg2vec_tiny", help="config/pretraining/<name>.yaml")
     parser.add_argument("--budget-minutes", type=float, default=15.0,
                         help="wall-clock pre-training budget (default 15)")
-    parser.add_argument("--max-update", type=int, default=100000,
-                        help="update cap (default: the budget decides)")
+    parser.add_argument("--max-update", type=int, default=6000,
+                        help="update cap, also the length of the lr decay (default 6000; "
+                        "on shared cores the time budget usually ends training first)")
     parser.add_argument("--pretrain-recordings", type=int, default=24)
     parser.add_argument("--probe-recordings", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=40.0, help="per recording")
     parser.add_argument("--event-snr", type=float, default=SyntheticMEGConfig.event_snr)
-    parser.add_argument("--rhythm-bandwidth", type=float, default=0.0,
-                        help="line width (Hz) of the synthetic alpha/beta rhythms (0: pure "
-                        "sinusoids, the generator's default)")
+    parser.add_argument("--rhythm-bandwidth", type=float, default=2.0,
+                        help="line width (Hz) of the synthetic alpha/beta rhythms (default 2; "
+                        "0: the generator's pure sinusoids, whose phase alone identifies a "
+                        "frame)")
     parser.add_argument("--window", type=float, default=0.5,
                         help="probe window from the event onset (s)")
     parser.add_argument("--context", type=float, default=1.0,
                         help="signal each side of the window the models see (s)")
-    parser.add_argument("--layers", nargs="+", default=["last"],
+    parser.add_argument("--layers", nargs="+", default=["last", "cnn"],
                         help="Transformer layers to probe for the checkpoint and random-init "
                         "(first one is the headline row)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
