@@ -420,13 +420,15 @@ def load_libribrain(
         items = np.arange(len(dataset))
         if max_windows is not None and len(items) > max_windows:
             items = np.sort(rng.choice(items, size=max_windows, replace=False))
+        length = int(dataset[int(items[0])][0].shape[-1]) if len(items) else 0
+        task_obj, samples = getattr(dataset, "task", None), getattr(dataset, "samples", None)
         for item in items:
-            _data, label = dataset[int(item)]
-            window_label = _window_label(label)
-            length = int(_data.shape[-1])
-            windows.append(
-                Window(len(datasets) - 1, 0, length, (0, length), window_label, split, int(item))
-            )
+            if task_obj is not None and samples is not None:  # labels without reading the MEG
+                label = task_obj.get_label(samples[int(item)])
+            else:
+                label = dataset[int(item)][1]
+            windows.append(Window(len(datasets) - 1, 0, length, (0, length),
+                                  _window_label(label), split, int(item)))
 
     def read(window: Window) -> np.ndarray:
         data = datasets[window.source][window.item][0]

@@ -315,6 +315,14 @@ def test_libribrain_speech_windows_use_the_pretraining_channel_stats(tmp_path):
     assert np.abs(window).max() <= 10.0
     assert abs(float(np.median(window))) < 0.5 and 0.3 < float(window.std()) < 3.0
     assert dataset.info["channel_stats"] == str(tmp_path)
+    # labels come from pnpl's task without reading the MEG: the same as pnpl's items give
+    from pnpl.datasets import LibriBrainSpeech
+
+    pnpl_train = LibriBrainSpeech(str(tmp_path / "lb"), partition="train", download=False,
+                                  preload_files=False)
+    for window in [w for w in dataset.windows if w.split == "train"][:5]:
+        mask = np.asarray(pnpl_train[window.item][1], dtype=float)
+        assert window.label == int(mask.mean() >= 0.5)
 
 
 def test_synthetic_rhythm_bandwidth_option():
