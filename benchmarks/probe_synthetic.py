@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                         help="extra hydra override for pre-training (repeatable), e.g. "
                         "--set model.mask_prob=0.65")
     args = parser.parse_args(argv)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     out = os.path.abspath(args.out)

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG
     warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
     if not (args.checkpoint or args.random_init or args.raw):
         parser.error("give at least one of --checkpoint, --random-init, --raw")
