@@ -66,7 +66,8 @@ def _smooth_patterns(positions: np.ndarray, n: int, rng: np.random.Generator) ->
     widths = rng.uniform(0.3, 0.7, size=(n, 1))
     distances = np.linalg.norm(positions[None, :, :] - centres[:, None, :], axis=-1)
     signs = np.where(positions[None, :, 0] > centres[:, None, 0], 1.0, -1.0)  # dipolar
-    patterns = np.exp(-((distances / widths) ** 2)) * (0.5 + 0.5 * signs)
+    # Signed (never all-zero, whatever the channel count), so each topography is dipolar.
+    patterns = np.exp(-((distances / widths) ** 2)) * signs
     return patterns / np.linalg.norm(patterns, axis=1, keepdims=True)
 
 
