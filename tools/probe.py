@@ -3,7 +3,7 @@
 
 Examples::
 
-    # your own labels: a manifest plus a labels TSV (see docs/probe.md for the format)
+    # your own labels: a manifest plus a labels TSV (format: README, "Probing")
     python tools/probe.py --manifest manifests/demo/valid.tsv --labels labels.tsv \\
         --checkpoint checkpoints/meg2vec_tiny/checkpoint_best.pt --random-init meg2vec_tiny \\
         --raw --json probe.json --plot probe.png
