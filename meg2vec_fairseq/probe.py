@@ -31,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
+from .data.meg_dataset import MegDataError, read_manifest
 from .features import CNN_LAYER, CheckpointError, extract_features, load_meg2vec, n_layers
 
 SPLITS = ("train", "valid", "test")
@@ -162,22 +163,6 @@ class LabelledDataset:
             )
 
 
-def _read_manifest_rows(manifest_path: str) -> Tuple[str, List[Tuple[str, int]]]:
-    if not os.path.isfile(manifest_path):
-        raise ProbeError(f"{manifest_path}: manifest does not exist")
-    with open(manifest_path, encoding="utf-8") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    if len(lines) < 2:
-        raise ProbeError(f"{manifest_path}: empty manifest (needs a root line and segment rows)")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != 2 or not fields[1].strip().isdigit():
-            raise ProbeError(f"{manifest_path}, line {number}: expected 'path<TAB>num_samples'")
-        rows.append((fields[0], int(fields[1])))
-    return lines[0].strip(), rows
-
-
 def _stable_fraction(text: str, seed: int) -> float:
     digest = hashlib.sha1(f"{seed}:{text}".encode()).hexdigest()
     return int(digest[:12], 16) / float(16**12)
@@ -229,9 +214,12 @@ def load_manifest_labels(
         manifest_paths = [manifest_paths]
     segments: Dict[str, Tuple[str, int]] = {}
     for manifest_path in manifest_paths:
-        root, rows = _read_manifest_rows(manifest_path)
-        for relative, n_samples in rows:
-            segments[relative] = (os.path.join(root, relative), n_samples)
+        try:  # the task's own manifest parser; channel counts are checked per window later
+            root, rows, _ = read_manifest(manifest_path, expected_channels=0, check_files=False)
+        except MegDataError as err:
+            raise ProbeError(str(err)) from None
+        for row in rows:
+            segments[row.relative_path] = (os.path.join(root, row.relative_path), row.num_samples)
     if not os.path.isfile(labels_path):
         raise ProbeError(f"{labels_path}: labels file does not exist")
     with open(labels_path, newline="", encoding="utf-8") as f:

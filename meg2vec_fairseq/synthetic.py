@@ -66,8 +66,11 @@ def _smooth_patterns(positions: np.ndarray, n: int, rng: np.random.Generator) ->
     widths = rng.uniform(0.3, 0.7, size=(n, 1))
     distances = np.linalg.norm(positions[None, :, :] - centres[:, None, :], axis=-1)
     signs = np.where(positions[None, :, 0] > centres[:, None, 0], 1.0, -1.0)  # dipolar
-    # Signed (never all-zero, whatever the channel count), so each topography is dipolar.
-    patterns = np.exp(-((distances / widths) ** 2)) * signs
+    bumps = np.exp(-((distances / widths) ** 2))
+    patterns = bumps * (0.5 + 0.5 * signs)  # one-sided dipole: zero on one side of the centre
+    # With few sensors every sensor can fall on the zero side: keep the plain bump then.
+    empty = ~patterns.any(axis=1)
+    patterns[empty] = bumps[empty]
     return patterns / np.linalg.norm(patterns, axis=1, keepdims=True)
 
 
