@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -131,9 +131,3 @@ def parse_layer(text: Optional[str]) -> Optional[Union[int, str]]:
         return int(text)
     except ValueError:
         raise ValueError(f"--layer must be an integer, 'last' or 'cnn', got {text!r}") from None
-
-
-def feature_shape(model: Meg2VecModel, n_samples: int) -> Tuple[int, int]:
-    """``(frames, dim)`` of the features of an ``n_samples``-long input (last layer)."""
-    frames = int(model._get_feat_extract_output_lengths(torch.tensor(n_samples)))
-    return frames, model.cfg.encoder_embed_dim

@@ -33,6 +33,7 @@ import torch
 
 from .data.meg_dataset import MegDataError, read_manifest
 from .features import CNN_LAYER, CheckpointError, extract_features, load_meg2vec, n_layers
+from .models.meg2vec import conv_frame_geometry
 
 SPLITS = ("train", "valid", "test")
 POOLINGS = ("mean", "meanstd")
@@ -444,15 +445,6 @@ def _window_label(label) -> int:
 # --------------------------------------------------------------------------------------------
 # Feature sources
 # --------------------------------------------------------------------------------------------
-
-
-def conv_frame_geometry(conv_feature_layers: str) -> Tuple[int, int]:
-    """``(receptive_field, stride)`` in samples of a fairseq conv stack description."""
-    receptive_field, jump = 1, 1
-    for _dim, kernel, stride in eval(conv_feature_layers):  # fairseq's own format
-        receptive_field += (kernel - 1) * jump
-        jump *= stride
-    return receptive_field, jump
 
 
 class RawSource:

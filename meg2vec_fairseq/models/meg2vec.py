@@ -130,12 +130,18 @@ class Meg2VecModel(Wav2Vec2Model):
         return frame_rate(self.cfg.conv_feature_layers, sample_rate)
 
 
+def conv_frame_geometry(conv_feature_layers: str) -> Tuple[int, int]:
+    """``(receptive_field, stride)`` in input samples of a ``conv_feature_layers`` string."""
+    receptive_field, stride = 1, 1
+    for _dim, kernel, layer_stride in eval(conv_feature_layers):  # fairseq's own format
+        receptive_field += (kernel - 1) * stride
+        stride *= layer_stride
+    return receptive_field, stride
+
+
 def total_stride(conv_feature_layers: str) -> int:
     """Product of the strides of a ``conv_feature_layers`` string."""
-    stride = 1
-    for _dim, _kernel, layer_stride in eval(conv_feature_layers):
-        stride *= layer_stride
-    return stride
+    return conv_frame_geometry(conv_feature_layers)[1]
 
 
 def frame_rate(conv_feature_layers: str, sample_rate: float) -> float:
