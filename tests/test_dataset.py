@@ -174,3 +174,48 @@ def test_malformed_row_is_refused(tmp_path):
 def test_missing_manifest_is_refused(tmp_path):
     with pytest.raises(MegDataError, match=r"valid\.tsv: manifest does not exist"):
         load(tmp_path / "valid.tsv")
+
+
+def test_absurd_finite_values_are_refused_naming_the_row_and_file(tmp_path):
+    segments = random_segments(3, samples=400)
+    segments[1][:] = 1e30  # finite, passes the NaN/inf check, would overflow the gradients
+    dataset = load(write_manifest(tmp_path, segments), max_abs_value=1000.0)
+    dataset[0]
+    with pytest.raises(MegDataError, match=r"train.tsv, line 3 \(.*train-001.npy\): 122400 "
+                       r"values beyond \+-1000 \(largest \|x\| 1e\+30\)"):
+        dataset[1]
+    # 0 or None disables the check
+    assert load(write_manifest(tmp_path, segments), max_abs_value=0)[1]["source"].shape[1] == 400
+    with pytest.raises(MegDataError, match="max_abs_value must be a finite number >= 0"):
+        load(write_manifest(tmp_path, segments), max_abs_value=float("nan"))
+
+
+def test_task_default_bound_leaves_z_scored_data_alone(tmp_path):
+    from meg2vec_fairseq.data.meg_dataset import DEFAULT_MAX_ABS_VALUE
+
+    segment = random_segments(1, samples=400)[0] * 30  # 30-sigma excursions
+    dataset = load(write_manifest(tmp_path, [segment]), max_abs_value=DEFAULT_MAX_ABS_VALUE)
+    assert dataset[0]["source"].shape == (306, 400)
+
+
+def test_duplicate_rows_warn(tmp_path, caplog):
+    manifest = write_manifest(tmp_path, random_segments(2, samples=400))
+    manifest.write_text(manifest.read_text() + "train-000.npy\t400\n")
+    with caplog.at_level("WARNING"):
+        dataset = load(manifest)
+    assert len(dataset) == 3
+    assert "line 4: train-000.npy is listed again (first at line 2)" in caplog.text
+
+
+def test_fifo_segment_and_empty_valid_are_named(tmp_path):
+    import os
+
+    manifest = write_manifest(tmp_path, random_segments(1, samples=400))
+    os.remove(tmp_path / "train-000.npy")
+    os.mkfifo(tmp_path / "train-000.npy")
+    with pytest.raises(MegDataError, match=r"train-000.npy: file is a FIFO \(named pipe\)"):
+        load(manifest)
+    valid = tmp_path / "valid.tsv"
+    valid.write_text(f"{tmp_path}\n")
+    with pytest.raises(MegDataError, match="dataset.disable_validation=true"):
+        load(valid)

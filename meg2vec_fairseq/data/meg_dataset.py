@@ -9,8 +9,8 @@ A manifest is fairseq's audio manifest format::
 Each ``.npy`` holds one ``(channels, time)`` float32 or float16 array. Everything that can
 be checked without reading the samples (file exists, real ``.npy``, not an object array,
 dtype, channel count, length, complete file) is checked when the manifest is loaded, so a
-bad segment stops the run before any update; NaN/inf values are checked on the crop that
-is actually read, before it reaches the model.
+bad segment stops the run before any update; NaN/inf and absurd values (``|x| >
+max_abs_value``) are checked on the crop that is actually read, before it reaches the model.
 """
 
 from __future__ import annotations
@@ -25,9 +25,18 @@ import torch
 from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
 from fairseq.data.data_utils import get_bucketed_sizes
 
+from ..cli import input_file_problem
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+#: Default bound on ``|x|`` of the task (``task.max_abs_value``). Segments are z-scored per
+#: channel by ``make_manifest`` (and clipped to +-10 for LibriBrain), so real data lie within a
+#: few tens of standard deviations; 1000 standard deviations is no physiological signal but a
+#: unit error or a corrupt file, whose finite but huge values would otherwise overflow the
+#: gradients (fairseq's "gradients are Nan/Inf", naming no file). Also well inside float16.
+DEFAULT_MAX_ABS_VALUE = 1000.0
 
 
 class MegDataError(ValueError):
@@ -92,8 +101,9 @@ def check_segment_header(path: str, expected_channels: int, expected_length: Opt
     MegDataError
         Naming ``path`` and what is wrong.
     """
-    if not os.path.isfile(path):
-        raise MegDataError(f"{path}: file does not exist")
+    problem = input_file_problem(path)
+    if problem:
+        raise MegDataError(f"{path}: file {problem}")
     header = read_npy_header(path)
     if header.dtype.hasobject:
         raise MegDataError(
@@ -164,14 +174,19 @@ def read_manifest(
         For a missing or empty manifest, a malformed row, or a bad segment, naming the
         manifest, the line and the segment file.
     """
-    if not os.path.isfile(manifest_path):
-        raise MegDataError(f"{manifest_path}: manifest does not exist")
-    with open(manifest_path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    problem = input_file_problem(manifest_path)
+    if problem:
+        raise MegDataError(f"{manifest_path}: manifest {problem}")
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MegDataError(f"{manifest_path}: cannot read manifest ({err})") from None
     if not lines or not lines[0].strip():
         raise MegDataError(f"{manifest_path}: empty manifest (no root directory line)")
     root = lines[0].strip()
     rows: List[ManifestRow] = []
+    first_seen: Dict[str, int] = {}
     n_skipped = 0
     for line_number, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -197,12 +212,25 @@ def read_manifest(
                 )
             except MegDataError as err:
                 raise MegDataError(f"{where}: {err}") from None
+        if relative_path in first_seen:  # legal, but sampled twice as often: say so
+            logger.warning(
+                f"warning: {where}: {relative_path} is listed again (first at line "
+                f"{first_seen[relative_path]}); it will be read once per listing"
+            )
+        else:
+            first_seen[relative_path] = line_number
         rows.append(ManifestRow(relative_path, num_samples, line_number))
     if not rows:
+        if n_skipped:
+            raise MegDataError(
+                f"{manifest_path}: no usable segments ({n_skipped} shorter than "
+                f"min_sample_size={min_sample_size})"
+            )
+        # make_manifest --valid-percent 0 writes a valid.tsv with the root line only
         raise MegDataError(
-            f"{manifest_path}: no usable segments ({n_skipped} shorter than "
-            f"min_sample_size={min_sample_size})"
-            if n_skipped
+            f"{manifest_path}: empty manifest (no segment rows); to train without a "
+            "validation set pass dataset.disable_validation=true"
+            if os.path.basename(manifest_path).startswith("valid")
             else f"{manifest_path}: empty manifest (no segment rows)"
         )
     return root, rows, n_skipped
@@ -238,6 +266,9 @@ class MegNpyDataset(RawAudioDataset):
         Number of length buckets for padding (0: none).
     check_files : bool
         Check every segment's header when the manifest is loaded.
+    max_abs_value : float or None
+        A crop holding a value with ``|x|`` above this raises :class:`MegDataError` naming
+        the file (None or 0: no check; the task's default is :data:`DEFAULT_MAX_ABS_VALUE`).
     """
 
     def __init__(
@@ -252,7 +283,10 @@ class MegNpyDataset(RawAudioDataset):
         normalize: bool = False,
         num_buckets: int = 0,
         check_files: bool = True,
+        max_abs_value: Optional[float] = None,
     ) -> None:
+        if max_abs_value is not None and not (max_abs_value >= 0 and np.isfinite(max_abs_value)):
+            raise MegDataError(f"max_abs_value must be a finite number >= 0, got {max_abs_value}")
         super().__init__(
             sample_rate=sample_rate,
             max_sample_size=max_sample_size,
@@ -263,6 +297,7 @@ class MegNpyDataset(RawAudioDataset):
         )
         self.manifest_path = manifest_path
         self.in_channels = in_channels
+        self.max_abs_value = max_abs_value or None
         self.root_dir, rows, n_skipped = read_manifest(
             manifest_path, in_channels, min_sample_size or 0, check_files=check_files
         )
@@ -320,8 +355,8 @@ class MegNpyDataset(RawAudioDataset):
     def read_crop(self, index: int, start: int, length: int) -> np.ndarray:
         """Read ``length`` samples from ``start`` of segment ``index`` as float32.
 
-        Only the requested samples are read (memory map); NaN or inf raise a
-        :class:`MegDataError` naming the file.
+        Only the requested samples are read (memory map); NaN, inf or a value beyond
+        ``max_abs_value`` raise a :class:`MegDataError` naming the manifest row and the file.
         """
         path = self.segment_path(index)
         try:
@@ -329,11 +364,22 @@ class MegNpyDataset(RawAudioDataset):
         except (OSError, ValueError) as err:
             raise MegDataError(f"{self._where(index)}: cannot read segment ({err})") from err
         crop = np.array(array[:, start : start + length], dtype=np.float32)  # a copy, not a view
-        if not np.isfinite(crop).all():
+        # One pass over the crop: NaN propagates through max and inf is infinite, so the
+        # detailed (slower) searches run only for a bad crop.
+        peak = float(np.max(np.abs(crop))) if crop.size else 0.0
+        if not np.isfinite(peak):
             channels, samples = np.nonzero(~np.isfinite(crop))
             raise MegDataError(
                 f"{self._where(index)}: {len(channels)} NaN/inf values, first at channel "
                 f"{channels[0]}, sample {start + samples[0]}"
+            )
+        if self.max_abs_value is not None and peak > self.max_abs_value:
+            channels, samples = np.nonzero(np.abs(crop) > self.max_abs_value)
+            raise MegDataError(
+                f"{self._where(index)}: {len(channels)} values beyond +-{self.max_abs_value:g} "
+                f"(largest |x| {peak:.3g}), first at channel {channels[0]}, sample "
+                f"{start + samples[0]}; segments are expected z-scored (as make_manifest "
+                "writes them): fix the file, or raise or disable (0) task.max_abs_value"
             )
         return crop
 

@@ -1,13 +1,57 @@
-"""The ``meg_pretraining`` task: fairseq's audio pre-training task over MEG ``.npy`` manifests."""
+"""The ``meg_pretraining`` task: fairseq's audio pre-training task over MEG ``.npy`` manifests.
+
+Bad data (:class:`~meg2vec_fairseq.data.meg_dataset.MegDataError`, found when a manifest
+is loaded or when a crop is read) ends fairseq's commands with one line ``error: ...`` naming
+the manifest, the row and the file, and exit status 1, instead of a traceback: the task
+raises :class:`MegDataExit`, a ``SystemExit`` (which fairseq and hydra let through, and
+Python prints as its message alone) whose ``__cause__`` is the original error.
+"""
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Iterator, Optional
 
+from fairseq.data import iterators
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
-from ..data.meg_dataset import MegDataError, MegNpyDataset
+from ..data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, MegNpyDataset
+
+
+class MegDataExit(SystemExit):
+    """``SystemExit("error: ...")`` for bad data met under a fairseq command (status 1)."""
+
+
+def data_exit(err: BaseException) -> MegDataExit:
+    """The :class:`MegDataExit` for ``err``, with the one-line message of the original error.
+
+    An error raised in a DataLoader worker reaches the main process re-created from a message
+    that embeds the worker's traceback; its last line holds the original message.
+    """
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:
+        text = text.splitlines()[-1].split("MegDataError: ", 1)[-1]
+    line = text.splitlines()[0] if text else type(err).__name__
+    return MegDataExit(f"error: {line}")
+
+
+class _TranslatingIterator:
+    """Wraps a batch iterator so that :class:`MegDataError` becomes :class:`MegDataExit`."""
+
+    def __init__(self, itr: Iterator) -> None:
+        self._itr = itr
+
+    def __iter__(self) -> "_TranslatingIterator":
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._itr)
+        except MegDataError as err:
+            raise data_exit(err) from err
+
+    def __getattr__(self, name: str):  # take(), len, ... of the wrapped iterator
+        return getattr(self._itr, name)
 
 
 @dataclass
@@ -36,6 +80,22 @@ class MegPretrainingConfig(AudioPretrainingConfig):
             "complete) when a manifest is loaded, before training starts"
         },
     )
+    max_abs_value: Optional[float] = field(
+        default=DEFAULT_MAX_ABS_VALUE,
+        metadata={
+            "help": "stop with an error naming the file when a crop read for training holds a "
+            "value with |x| above this (segments are z-scored by make_manifest, so real data "
+            "stay within a few tens; absurd values would overflow the gradients); 0 or null "
+            "disables the check"
+        },
+    )
+    persistent_workers: bool = field(
+        default=True,
+        metadata={
+            "help": "keep the data loader's worker processes alive between epochs "
+            "(fairseq's FairseqTask.get_batch_iterator reads this field of the task config)"
+        },
+    )
 
 
 @register_task("meg_pretraining", dataclass=MegPretrainingConfig)
@@ -52,23 +112,76 @@ class MegPretrainingTask(AudioPretrainingTask):
     def load_dataset(
         self, split: str, task_cfg: Optional[MegPretrainingConfig] = None, **kwargs
     ) -> None:
-        """Load ``{data}/{split}.tsv`` as a :class:`MegNpyDataset`."""
-        task_cfg = task_cfg or self.cfg
-        for unsupported in ("binarized_dataset", "multi_corpus_keys", "labels"):
-            if getattr(task_cfg, unsupported, None):
-                raise MegDataError(f"meg_pretraining does not support task.{unsupported}")
-        if getattr(task_cfg, "precompute_mask_config", None) is not None:
-            raise MegDataError("meg_pretraining does not support task.precompute_mask_config")
+        """Load ``{data}/{split}.tsv`` as a :class:`MegNpyDataset`.
 
-        manifest_path = os.path.join(self.cfg.data, f"{split}.tsv")
-        self.datasets[split] = MegNpyDataset(
-            manifest_path=manifest_path,
-            sample_rate=task_cfg.sample_rate,
-            in_channels=task_cfg.in_channels,
-            max_sample_size=self.cfg.max_sample_size,
-            min_sample_size=self.cfg.min_sample_size,
-            pad=task_cfg.enable_padding,
-            normalize=task_cfg.normalize,
-            num_buckets=self.cfg.num_batch_buckets,
-            check_files=task_cfg.check_files,
+        Raises
+        ------
+        MegDataExit
+            For an unsupported option, or a manifest or segment that cannot be used.
+        """
+        task_cfg = task_cfg or self.cfg
+        try:
+            for unsupported in ("binarized_dataset", "multi_corpus_keys", "labels"):
+                if getattr(task_cfg, unsupported, None):
+                    raise MegDataError(f"meg_pretraining does not support task.{unsupported}")
+            if getattr(task_cfg, "precompute_mask_config", None) is not None:
+                raise MegDataError("meg_pretraining does not support task.precompute_mask_config")
+
+            manifest_path = os.path.join(self.cfg.data, f"{split}.tsv")
+            self.datasets[split] = MegNpyDataset(
+                manifest_path=manifest_path,
+                sample_rate=task_cfg.sample_rate,
+                in_channels=task_cfg.in_channels,
+                max_sample_size=self.cfg.max_sample_size,
+                min_sample_size=self.cfg.min_sample_size,
+                pad=task_cfg.enable_padding,
+                normalize=task_cfg.normalize,
+                num_buckets=self.cfg.num_batch_buckets,
+                check_files=task_cfg.check_files,
+                max_abs_value=getattr(task_cfg, "max_abs_value", DEFAULT_MAX_ABS_VALUE),
+            )
+        except MegDataError as err:
+            raise data_exit(err) from err
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's batch iterator, on which bad data becomes :class:`MegDataExit`.
+
+        A crop is checked (NaN/inf, ``max_abs_value``) when it is read, i.e. while fairseq
+        iterates (and when the trainer reads its first batch for a dummy batch); translating
+        there gives the one-line error instead of fairseq's traceback.
+        """
+        epoch_iter = super().get_batch_iterator(dataset, *args, **kwargs)
+        if hasattr(epoch_iter, "_get_iterator_for_epoch") and not isinstance(
+            epoch_iter, _TranslatingEpochIterator
+        ):
+            epoch_iter.__class__ = _translating_class(type(epoch_iter))
+        return epoch_iter
+
+
+class _TranslatingEpochIterator:
+    """Mixin over fairseq's epoch iterators: bad data in a batch -> :class:`MegDataExit`."""
+
+    @property
+    def first_batch(self):
+        try:
+            return super().first_batch
+        except MegDataError as err:
+            raise data_exit(err) from err
+
+    def _get_iterator_for_epoch(self, *args, **kwargs):
+        itr = super()._get_iterator_for_epoch(*args, **kwargs)
+        if isinstance(itr, iterators.CountingIterator):
+            itr._itr = _TranslatingIterator(itr._itr)
+        return itr
+
+
+_TRANSLATING_CLASSES: Dict[type, type] = {}
+
+
+def _translating_class(base: type) -> type:
+    """``base`` (a fairseq epoch iterator class) with :class:`_TranslatingEpochIterator`."""
+    if base not in _TRANSLATING_CLASSES:
+        _TRANSLATING_CLASSES[base] = type(
+            f"MegTranslating{base.__name__}", (_TranslatingEpochIterator, base), {}
         )
+    return _TRANSLATING_CLASSES[base]
