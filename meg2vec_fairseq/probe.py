@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
-from .data.meg_dataset import MegDataError, read_manifest
+from .cli import input_file_problem
+from .data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, read_manifest
 from .features import CNN_LAYER, CheckpointError, extract_features, load_meg2vec, n_layers
 from .models.meg2vec import conv_frame_geometry
 
@@ -130,6 +132,7 @@ class Window:
     label: int
     split: str
     item: int = -1  # pnpl item index (pnpl datasets read whole items)
+    row: int = -1  # line of the labels file it came from (-1: none), for error messages
 
 
 @dataclass
@@ -151,7 +154,9 @@ class LabelledDataset:
         return [w for w in self.windows if w.split == split]
 
     def check(self) -> None:
-        """Raise :class:`ProbeError` if a split is empty or training has a single class."""
+        """Raise :class:`ProbeError` if a split is empty, training has a single class, or a
+        class of the valid or test split never occurs in training (the classifier could never
+        predict it, and macro-F1 would count it as 0 without saying why)."""
         for split in SPLITS:
             if not self.split_windows(split):
                 raise ProbeError(f"{self.name}: the {split} split has no labelled windows")
@@ -162,6 +167,17 @@ class LabelledDataset:
                 f"{self.name}: the training split has a single class ({only!r}); a classifier "
                 "needs at least two"
             )
+        for split in ("valid", "test"):
+            labels = self.labels(split)
+            unseen = sorted(set(np.unique(labels).tolist()) - set(train.tolist()))
+            if unseen:
+                cls = unseen[0]
+                names = ", ".join(repr(self.class_names[c]) for c in unseen)
+                raise ProbeError(
+                    f"{self.name}: class {names} has {int((labels == cls).sum())} {split} "
+                    f"window(s) but none in the training split; the probe cannot learn it "
+                    "(move some to train, or drop the class)"
+                )
 
 
 def _stable_fraction(text: str, seed: int) -> float:
@@ -176,6 +192,8 @@ def load_manifest_labels(
     context: float = 0.0,
     split_fractions: Tuple[float, float] = (0.7, 0.15),
     split_seed: int = 0,
+    allow_overlap: bool = False,
+    max_abs_value: Optional[float] = DEFAULT_MAX_ABS_VALUE,
 ) -> LabelledDataset:
     """The generic labelled dataset: manifest(s) of ``.npy`` segments plus a labels TSV.
 
@@ -204,13 +222,24 @@ def load_manifest_labels(
         Train and valid fractions of segments when there is no ``split`` column.
     split_seed : int
         Seed of that assignment.
+    allow_overlap : bool
+        Windows of the same segment whose spans overlap but lie in different splits are an
+        error (the test score would measure memorisation); with this, a warning.
+    max_abs_value : float or None
+        A window holding a value with ``|x|`` above this is an error naming the file (the
+        segments are z-scored; see the task's ``max_abs_value``); None or 0: no check.
 
     Raises
     ------
     ProbeError
-        For a missing file or column, an unknown segment, a span outside its segment or
-        shorter than one sample, an unknown split, or no labels.
+        For a missing file or column, a row with too few or too many fields, an unknown
+        segment, a non-finite time or a span outside its segment or shorter than one
+        sample, an unknown split, overlapping windows in two splits, or no labels.
     """
+    if not (sample_rate > 0 and math.isfinite(sample_rate)):
+        raise ProbeError(f"sample_rate must be a finite number > 0, got {sample_rate}")
+    if not (context >= 0 and math.isfinite(context)):
+        raise ProbeError(f"context must be a finite number >= 0, got {context}")
     if isinstance(manifest_paths, str):
         manifest_paths = [manifest_paths]
     segments: Dict[str, Tuple[str, int]] = {}
@@ -221,8 +250,9 @@ def load_manifest_labels(
             raise ProbeError(str(err)) from None
         for row in rows:
             segments[row.relative_path] = (os.path.join(root, row.relative_path), row.num_samples)
-    if not os.path.isfile(labels_path):
-        raise ProbeError(f"{labels_path}: labels file does not exist")
+    problem = input_file_problem(labels_path)
+    if problem:
+        raise ProbeError(f"{labels_path}: labels file {problem}")
     with open(labels_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter="\t")
         header = reader.fieldnames or []
@@ -233,17 +263,30 @@ def load_manifest_labels(
             )
         if ("start" in header) != ("end" in header):
             raise ProbeError(f"{labels_path}: give both 'start' and 'end' columns, or neither")
-        raw_rows = list(reader)
+        raw_rows = []
+        for row in reader:
+            where = f"{labels_path}, line {reader.line_num}"
+            # DictReader fills a short row with None and files extra fields under None
+            n_fields = len(header) - sum(v is None for v in row.values()) + len(
+                row.get(None) or []
+            )
+            if None in row or any(row[c] is None for c in header):
+                raise ProbeError(
+                    f"{where}: {n_fields} tab-separated field(s), the header has {len(header)}"
+                )
+            if not row["label"].strip():
+                raise ProbeError(f"{where}: empty label")
+            raw_rows.append((reader.line_num, row))
     if not raw_rows:
         raise ProbeError(f"{labels_path}: no label rows")
 
-    class_names = sorted({row["label"] for row in raw_rows})
+    class_names = sorted({row["label"] for _, row in raw_rows})
     class_index = {name: i for i, name in enumerate(class_names)}
     paths: List[str] = []
     path_index: Dict[str, int] = {}
     context_samples = int(round(context * sample_rate))
     windows = []
-    for number, row in enumerate(raw_rows, start=2):
+    for number, row in raw_rows:
         where = f"{labels_path}, line {number}"
         segment = row["segment"]
         if segment not in segments:
@@ -254,6 +297,8 @@ def load_manifest_labels(
                 start_s, end_s = float(row["start"]), float(row["end"])
             except (TypeError, ValueError):
                 raise ProbeError(f"{where}: start/end must be numbers (seconds)") from None
+            if not (math.isfinite(start_s) and math.isfinite(end_s)):
+                raise ProbeError(f"{where}: start/end must be finite, got {start_s}, {end_s}")
             a, b = int(round(start_s * sample_rate)), int(round(end_s * sample_rate))
             if a < 0 or b > n_samples or b <= a:
                 raise ProbeError(
@@ -281,8 +326,19 @@ def load_manifest_labels(
         stop = min(n_samples, b + context_samples)
         windows.append(
             Window(path_index[path], start, stop - start, (a - start, b - start),
-                   class_index[row["label"]], split)
+                   class_index[row["label"]], split, row=number)
         )
+    overlap = find_split_overlap(windows)
+    if overlap is not None:
+        first, second, count = overlap
+        message = (
+            f"{labels_path}, lines {first.row} ({first.split}) and {second.row} "
+            f"({second.split}): overlapping windows of segment {paths[first.source]} in two "
+            f"splits ({count} such pair(s) at least); test scores would measure memorisation"
+        )
+        if not allow_overlap:
+            raise ProbeError(f"{message}; fix the splits or pass --allow-overlap")
+        warnings.warn(f"{message} (allowed by --allow-overlap)", stacklevel=2)
 
     n_channels = _npy_channels(paths[0])
 
@@ -298,8 +354,18 @@ def load_manifest_labels(
                 f"{paths[window.source]}: holds {array.shape[1]} samples, fewer than the "
                 f"manifest says (window ends at {window.start + window.length})"
             )
-        if not np.isfinite(crop).all():
-            raise ProbeError(f"{paths[window.source]}: NaN/inf values in a labelled window")
+        peak = float(np.max(np.abs(crop))) if crop.size else 0.0
+        if not np.isfinite(peak):
+            raise ProbeError(
+                f"{paths[window.source]}: NaN/inf values in the window of {labels_path}, "
+                f"line {window.row}"
+            )
+        if max_abs_value and peak > max_abs_value:
+            raise ProbeError(
+                f"{paths[window.source]}: values up to |x| = {peak:.3g} in the window of "
+                f"{labels_path}, line {window.row}, beyond +-{max_abs_value:g} (segments are "
+                "expected z-scored; --max-abs-value 0 disables this check)"
+            )
         return crop
 
     return LabelledDataset(
@@ -312,6 +378,32 @@ def load_manifest_labels(
         info={"labels": os.path.abspath(labels_path), "manifests": list(manifest_paths),
               "context_s": context},
     )
+
+
+def find_split_overlap(windows: Sequence[Window]) -> Optional[Tuple[Window, Window, int]]:
+    """The first pair of windows of one source whose labelled spans overlap across splits.
+
+    Returns ``(earlier, later, number of overlapping pairs found)`` or None. Spans are the
+    pooled ranges (context excluded). One sweep per source in start order, keeping for each
+    split the window that reaches furthest: any overlap with a split shows up against it.
+    """
+    by_source: Dict[int, List[Tuple[int, int, Window]]] = {}
+    for w in windows:
+        by_source.setdefault(w.source, []).append((w.start + w.pool[0], w.start + w.pool[1], w))
+    first: Optional[Tuple[Window, Window]] = None
+    count = 0
+    for spans in by_source.values():
+        spans.sort(key=lambda span: (span[0], span[1]))
+        furthest: Dict[str, Tuple[int, Window]] = {}
+        for a, b, w in spans:
+            for split, (end, other) in furthest.items():
+                if split != w.split and end > a:
+                    count += 1
+                    if first is None:
+                        first = (other, w)
+            if w.split not in furthest or b > furthest[w.split][0]:
+                furthest[w.split] = (b, w)
+    return None if first is None else (first[0], first[1], count)
 
 
 def _npy_channels(path: str) -> int:
@@ -662,6 +754,23 @@ def check_labels(features: np.ndarray, labels: np.ndarray, split: str) -> None:
         )
 
 
+def check_probe_options(
+    train_fraction: float, c_grid: Sequence[float], seeds: Sequence[int]
+) -> None:
+    """Raise :class:`ProbeError` for a fraction outside (0, 1], a non-positive or non-finite
+    ``C``, an empty grid, or a negative seed (NumPy's generators refuse them)."""
+    if not (0 < train_fraction <= 1):  # also False for NaN
+        raise ProbeError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    if not len(c_grid):
+        raise ProbeError("give at least one C")
+    for c in c_grid:
+        if not (c > 0 and math.isfinite(c)):
+            raise ProbeError(f"every C must be a finite number > 0, got {c}")
+    for seed in seeds:
+        if int(seed) < 0:
+            raise ProbeError(f"seeds must be >= 0, got {seed}")
+
+
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of a random ``fraction`` of each class (at least one per class), sorted."""
     if fraction >= 1.0:
@@ -710,6 +819,7 @@ def fit_and_score(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    check_probe_options(train_fraction, c_grid, [seed])
     for split in SPLITS:
         check_labels(features[split], labels[split], split)
     train_classes = np.unique(labels["train"])
@@ -775,6 +885,7 @@ def run_probe(
         raise ProbeError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if not seeds:
         raise ProbeError("give at least one seed")
+    check_probe_options(train_fraction, c_grid, seeds)
     dataset.check()
     n_classes = len(dataset.class_names)
     labels = {split: dataset.labels(split) for split in SPLITS}
@@ -843,6 +954,16 @@ def write_json(result: Dict[str, object], path: str) -> None:
     os.replace(tmp, path)
 
 
+def plot_formats() -> List[str]:
+    """File extensions ``plot_result`` can write (matplotlib's savefig formats)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
 def plot_result(result: Dict[str, object], path: str) -> None:
     """Bar chart of test macro-F1 and balanced accuracy per source (mean, std, seeds, chance)."""
     import matplotlib
@@ -885,5 +1006,6 @@ __all__ = [
     "ProbeError", "confusion_matrix", "macro_f1", "balanced_accuracy", "chance_levels",
     "load_manifest_labels", "load_libribrain", "RawSource", "ModelSource", "checkpoint_source",
     "build_random_model", "pool_frames", "feature_matrix", "fit_and_score", "run_probe",
-    "SourceSpec", "format_table", "write_json", "plot_result",
+    "SourceSpec", "format_table", "write_json", "plot_result", "find_split_overlap",
+    "check_probe_options", "plot_formats",
 ]

@@ -338,3 +338,113 @@ def test_synthetic_rhythm_bandwidth_option():
                                                              rhythm_bandwidth=2.0))
     assert broad.shape == default.shape and np.isfinite(broad).all()
     assert not np.allclose(broad, default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results that could not be trusted: overlapping splits, unseen classes, impossible options
+# ---------------------------------------------------------------------------------------------
+
+
+def _leaky_labels(synthetic, dest, overlap_test=True):
+    """Event labels, plus the first training windows copied into the test split."""
+    labels = write_event_labels(synthetic, dest)
+    lines = labels.read_text().splitlines()
+    train_rows = [line for line in lines[1:] if line.endswith("\ttrain")]
+    copies = [row.rsplit("\t", 1)[0] + "\ttest" for row in train_rows[:3]] if overlap_test else []
+    labels.write_text("\n".join(lines + copies) + "\n")
+    return labels, lines.index(train_rows[0]) + 1, len(lines) + 1
+
+
+def test_same_windows_in_train_and_test_is_an_error_naming_the_rows(synthetic, tmp_path, capsys):
+    labels, train_line, copy_line = _leaky_labels(synthetic, tmp_path / "labels.tsv")
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
+                                  "--labels", str(labels), "--raw", "--seeds", "0"])
+    assert f"lines {train_line} (train) and {copy_line} (test)" in message
+    assert "overlapping windows of segment" in message and "--allow-overlap" in message
+
+
+def test_allow_overlap_runs_with_a_loud_warning(synthetic, tmp_path, capsys):
+    labels, _, copy_line = _leaky_labels(synthetic, tmp_path / "labels.tsv")
+    rc = CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels), "--raw",
+                   "--seeds", "0", "--allow-overlap", "--quiet", "--C", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and f"{copy_line} (test)" in warning[0]
+
+
+def test_partial_overlap_is_found_and_adjacent_windows_are_not():
+    w = pr.Window
+    adjacent = [w(0, 0, 100, (0, 100), 0, "train", row=2), w(0, 100, 100, (0, 100), 1, "test",
+                                                               row=3)]
+    assert pr.find_split_overlap(adjacent) is None
+    # a long train window hides a short one; the later test window overlaps the long one only
+    windows = [w(0, 0, 1000, (0, 1000), 0, "train", row=2), w(0, 10, 10, (0, 10), 0, "train",
+                                                               row=3),
+               w(0, 500, 100, (0, 100), 1, "test", row=4), w(1, 500, 100, (0, 100), 1, "train",
+                                                              row=5)]
+    first, second, count = pr.find_split_overlap(windows)
+    assert (first.row, second.row, count) == (2, 4, 1)
+
+
+def test_class_only_in_test_is_an_error_naming_the_class(synthetic, tmp_path, capsys):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    lines = labels.read_text().splitlines()
+    test_row = next(i for i, line in enumerate(lines) if line.endswith("\ttest"))
+    fields = lines[test_row].split("\t")
+    fields[3] = "never-trained"
+    lines[test_row] = "\t".join(fields)
+    labels.write_text("\n".join(lines) + "\n")
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
+                                  "--labels", str(labels), "--raw"])
+    assert "class 'never-trained' has 1 test window(s) but none in the training split" in message
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--train-fraction", "0", "must be in (0, 1]"),
+    ("--train-fraction", "1.5", "must be in (0, 1]"),
+    ("--train-fraction", "nan", "not a finite number"),
+    ("--context", "-1", "must be >= 0"),
+    ("--context", "inf", "not a finite number"),
+    ("--sample-rate", "0", "must be > 0"),
+    ("--C", "0", "must be > 0"),
+    ("--seeds", "-1", "must be >= 0"),
+    ("--tmax", "-0.5", "--tmax -0.5 must be after --tmin 0.0"),
+])
+def test_impossible_options_are_usage_errors(synthetic, tmp_path, capsys, option, value,
+                                             expected):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    with pytest.raises(SystemExit) as exit_info:
+        CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels), "--raw",
+                  option, value])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0]
+
+
+def test_library_refuses_impossible_probe_options():
+    features = {s: np.random.default_rng(0).standard_normal((10, 3)) for s in pr.SPLITS}
+    labels = {s: np.arange(10) % 2 for s in pr.SPLITS}
+    for fraction in (0.0, 1.5, float("nan")):
+        with pytest.raises(pr.ProbeError, match=r"train_fraction must be in \(0, 1\]"):
+            pr.fit_and_score(features, labels, 2, train_fraction=fraction)
+    with pytest.raises(pr.ProbeError, match="every C must be a finite number > 0"):
+        pr.fit_and_score(features, labels, 2, c_grid=[float("inf")])
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("segments/rec-000/seg-0000.npy\tnan\t0.5\tkind0\ttrain", "start/end must be finite"),
+    ("segments/rec-000/seg-0000.npy\t0.0\t0.5\tkind0", "4 tab-separated field(s), the header "
+                                                       "has 5"),
+    ("segments/rec-000/seg-0000.npy\t0.0\t0.5\tkind0\ttrain\textra", "6 tab-separated field(s)"),
+    ("segments/rec-000/seg-0000.npy\t0.0\t0.5\t\ttrain", "empty label"),
+])
+def test_malformed_label_rows_are_errors_naming_the_line(synthetic, tmp_path, capsys, row,
+                                                        expected):
+    labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
+    lines = labels.read_text().splitlines()
+    lines.insert(3, row)
+    labels.write_text("\n".join(lines) + "\n")
+    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
+                                  "--labels", str(labels), "--raw"])
+    assert "line 4" in message and expected in message

@@ -14,13 +14,28 @@ Examples::
 
 Every source goes through the same windows, pooling, standardisation, classifier and seeds.
 Prints one table (test macro-F1 and balanced accuracy, mean ± std over seeds, and chance).
+Exit status: 0, 1 for bad data (one ``error:`` line naming the file and row), 2 for usage
+errors (impossible option values, unwritable --json/--plot), 130 when interrupted.
 """
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
+from meg2vec_fairseq.cli import (
+    ToolParser,
+    check_outputs,
+    finite_float,
+    first_line,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from meg2vec_fairseq.features import parse_layer
 from meg2vec_fairseq.probe import (
     DEFAULT_C_GRID,
@@ -34,6 +49,7 @@ from meg2vec_fairseq.probe import (
     format_table,
     load_libribrain,
     load_manifest_labels,
+    plot_formats,
     plot_result,
     run_probe,
     write_json,
@@ -41,9 +57,7 @@ from meg2vec_fairseq.probe import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("labelled dataset (one of)")
     data.add_argument("--manifest", nargs="+", help="fairseq TSV manifest(s) of .npy segments")
     data.add_argument("--labels", help="labels TSV: segment, label[, start, end][, split]")
@@ -53,13 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--channel-stats",
                       help="channel_stats.npz (or its manifest directory) of pre-training; "
                       "LibriBrain windows get the same standardisation and clipping")
-    data.add_argument("--tmin", type=float, default=0.0, help="LibriBrain window start (s)")
-    data.add_argument("--tmax", type=float, default=0.5, help="LibriBrain window end (s)")
-    data.add_argument("--max-windows", type=int, default=None,
+    data.add_argument("--tmin", type=finite_float, default=0.0,
+                      help="LibriBrain window start (s)")
+    data.add_argument("--tmax", type=finite_float, default=0.5,
+                      help="LibriBrain window end (s), after --tmin")
+    data.add_argument("--max-windows", type=positive_int, default=None,
                       help="LibriBrain: at most this many windows per partition (random)")
-    data.add_argument("--sample-rate", type=float, default=250.0,
+    data.add_argument("--sample-rate", type=positive_float, default=250.0,
                       help="sampling rate of the manifest's segments (Hz, default 250)")
-    data.add_argument("--context", type=float, default=0.0,
+    data.add_argument("--allow-overlap", action="store_true",
+                      help="only warn (instead of failing) when windows of one segment overlap "
+                      "across splits")
+    data.add_argument("--max-abs-value", type=nonnegative_float, default=1000.0,
+                      help="refuse a window with |x| above this (segments are z-scored; "
+                      "0 disables; default 1000)")
+    data.add_argument("--context", type=nonnegative_float, default=0.0,
                       help="seconds of signal each side of a labelled span that the sources see "
                       "(pooling still covers the span only; default 0)")
 
@@ -74,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Transformer layer (0-based), 'last' (default) or 'cnn'")
 
     probe = parser.add_argument_group("probe")
-    probe.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    probe.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     probe.add_argument("--pooling", choices=POOLINGS, default="meanstd",
                        help="per window: mean of the frames, or mean and std (default)")
-    probe.add_argument("--train-fraction", type=float, default=0.8,
+    probe.add_argument("--train-fraction", type=fraction, default=0.8,
                        help="random stratified fraction of the training windows per seed")
-    probe.add_argument("--C", type=float, nargs="+", default=list(DEFAULT_C_GRID),
+    probe.add_argument("--C", type=positive_float, nargs="+", default=list(DEFAULT_C_GRID),
                        dest="c_grid", help="inverse regularisation strengths tried on valid")
     probe.add_argument("--json", help="write the full result here")
     probe.add_argument("--plot", help="write a figure (png/pdf) here")
@@ -87,27 +109,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) found before any work: impossible combinations and outputs."""
+    if not (args.checkpoint or args.random_init or args.raw):
+        parser.error("give at least one of --checkpoint, --random-init, --raw")
+    if bool(args.libribrain) == bool(args.manifest or args.labels):
+        parser.error("give either --manifest and --labels, or --libribrain and --data-path")
+    if args.libribrain and not args.data_path:
+        parser.error("--libribrain needs --data-path")
+    if not args.libribrain and not (args.manifest and args.labels):
+        parser.error("--manifest and --labels go together")
+    if args.tmax <= args.tmin:
+        parser.error(f"--tmax {args.tmax} must be after --tmin {args.tmin}")
+    try:
+        args.layer = parse_layer(args.layer)
+    except ValueError as err:
+        parser.error(str(err))
+    check_outputs(parser, files=[("--json", args.json), ("--plot", args.plot)])
+    if args.plot:
+        extension = os.path.splitext(args.plot)[1].lower().lstrip(".")
+        formats = plot_formats()
+        if extension and extension not in formats:
+            parser.error(f"--plot {args.plot}: unknown plot format {extension!r} "
+                         f"(one of {', '.join(formats)})")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG
     warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-    if not (args.checkpoint or args.random_init or args.raw):
-        parser.error("give at least one of --checkpoint, --random-init, --raw")
-    if bool(args.libribrain) == bool(args.manifest or args.labels):
-        parser.error("give either --manifest and --labels, or --libribrain and --data-path")
+    check_usage(parser, args)
+    layer = args.layer
     try:
-        layer = parse_layer(args.layer)
         if args.libribrain:
-            if not args.data_path:
-                parser.error("--libribrain needs --data-path")
             dataset = load_libribrain(args.libribrain, args.data_path, args.channel_stats,
                                       args.tmin, args.tmax, args.max_windows)
         else:
-            if not (args.manifest and args.labels):
-                parser.error("--manifest and --labels go together")
-            dataset = load_manifest_labels(args.manifest, args.labels, args.sample_rate,
-                                           args.context)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                dataset = load_manifest_labels(
+                    args.manifest, args.labels, args.sample_rate, args.context,
+                    allow_overlap=args.allow_overlap, max_abs_value=args.max_abs_value,
+                )
+            for warning in caught:  # --allow-overlap: loud, on its own line
+                print(f"warning: {warning.message}", file=sys.stderr)
         sources = []
         if args.checkpoint:
             checkpoint = checkpoint_source(args.checkpoint, layer)  # load once, fail early
@@ -125,8 +171,8 @@ def main(argv=None) -> int:
         log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
         result = run_probe(dataset, sources, args.seeds, args.pooling, args.train_fraction,
                            args.c_grid, log=log)
-    except ValueError as err:  # ProbeError, CheckpointError, bad --layer
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # ProbeError, CheckpointError, unreadable files
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 1
     print(format_table(result))
     if args.json:
@@ -139,4 +185,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
