@@ -1,0 +1,314 @@
+"""Fine-tuning a ``meg2vec`` encoder plus a linear head on labelled windows.
+
+The counterpart of :mod:`meg2vec_fairseq.probe` that updates the encoder: the same labelled
+windows (:func:`~meg2vec_fairseq.probe.load_manifest_labels`, with their context and pooling
+span), the same frame-selection rule (:func:`~meg2vec_fairseq.probe.pool_frames`), the same
+stratified training subsets (:func:`~meg2vec_fairseq.probe.stratified_subset`) and metrics, so
+a fine-tuning score and a probe score on one dataset compare directly.
+
+Per run: a stratified ``label_fraction`` of the training windows (seeded); the model (a
+checkpoint's or fresh weights, deep-copied so the caller's model is untouched) and a linear head
+on the mean over time of the chosen layer's frames inside the span; AdamW (encoder ``lr_encoder``
+3e-4, head ``lr_head`` 1e-3: the head starts from scratch and needs the larger step), class-
+weighted cross-entropy, ``epochs`` passes; after each epoch the validation macro-F1 is measured
+and the best epoch's weights are kept; the test split is scored once, with those weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import probe as pr
+from .features import CNN_LAYER, n_layers
+from .models.meg2vec import conv_frame_geometry
+
+
+@dataclass
+class FinetuneOptions:
+    """Hyper-parameters of :func:`finetune` (defaults: short, for many runs on shared hardware)."""
+
+    epochs: int = 15
+    batch_size: int = 32
+    lr_encoder: float = 3e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    #: ``None`` = last Transformer layer, an int = that layer (0-based), ``"cnn"`` = conv output
+    layer: Optional[Union[int, str]] = None
+    #: Gradient scale into the conv feature encoder. 1.0 (default) trains it fully, so a
+    #: random-init model can learn its front end too (pre-training used 0.1; 0 freezes it).
+    cnn_grad_mult: float = 1.0
+
+    def check(self) -> None:
+        """Raise ValueError (one line, naming the option) for an invalid value."""
+        if not isinstance(self.epochs, int) or self.epochs <= 0:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        for name in ("lr_encoder", "lr_head"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not self.cnn_grad_mult >= 0:
+            raise ValueError(f"cnn_grad_mult must be >= 0, got {self.cnn_grad_mult!r}")
+
+
+def check_fraction(label_fraction: float) -> None:
+    """Raise ValueError unless ``0 < label_fraction <= 1``."""
+    if not (isinstance(label_fraction, (int, float)) and 0 < label_fraction <= 1):
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
+
+
+@dataclass
+class WindowArrays:
+    """All windows of one split read once: groups of equal-length windows (``x``: ``(N, C,
+    L)`` float32), their labels and pooling spans, and their positions in dataset order."""
+
+    groups: List[Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]], np.ndarray]]
+    n: int
+
+
+def read_windows(dataset: pr.LabelledDataset) -> Dict[str, WindowArrays]:
+    """Read every window of every split once (cache this across fine-tuning runs).
+
+    Windows of one length are stacked (the context is clipped at segment ends, so lengths can
+    differ); batches never mix lengths, as in :func:`~meg2vec_fairseq.probe.feature_matrix`.
+    """
+    out = {}
+    for split in pr.SPLITS:
+        windows = dataset.split_windows(split)
+        by_length: Dict[int, List[int]] = {}
+        for i, window in enumerate(windows):
+            by_length.setdefault(window.length, []).append(i)
+        groups = []
+        for indices in by_length.values():
+            x = np.stack([dataset.read(windows[i]) for i in indices]).astype(np.float32)
+            y = np.array([windows[i].label for i in indices], dtype=np.int64)
+            pools = [windows[i].pool for i in indices]
+            groups.append((x, y, pools, np.array(indices)))
+        out[split] = WindowArrays(groups, len(windows))
+    return out
+
+
+class _Classifier(nn.Module):
+    """Encoder + linear head on the span-masked mean of one layer's frames."""
+
+    def __init__(self, model, n_classes: int, layer, normalize: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.normalize = normalize
+        dim = model.cfg.encoder_embed_dim
+        if layer == CNN_LAYER:
+            dim = eval(model.cfg.conv_feature_layers)[-1][0]  # fairseq's own format
+        self.head = nn.Linear(dim, n_classes)
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:  # as ModelSource.frames: per-window, per-channel z-score
+            x = (x - x.mean(dim=-1, keepdim=True)) / x.std(dim=-1, keepdim=True).clamp_min(1e-8)
+        layer = None if self.layer in (None, CNN_LAYER) else self.layer
+        output = self.model.extract_features(x, None, mask=False, layer=layer)
+        return output["features"] if self.layer == CNN_LAYER else output["x"]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``weights``: ``(B, T')`` pooling weights (rows sum to 1)."""
+        frames = self.frames(x)
+        pooled = torch.einsum("bt,btd->bd", weights[:, : frames.shape[1]], frames)
+        return self.head(pooled)
+
+
+def _pool_weights(
+    pools: Sequence[Tuple[int, int]], n_frames: int, receptive_field: int, stride: int
+) -> np.ndarray:
+    """Mean-pooling weights per window: exactly the frames :func:`probe.pool_frames` selects
+    (centre in the span, else the nearest), obtained by pooling an identity matrix with it."""
+    centres = np.arange(n_frames) * stride + (receptive_field - 1) / 2.0
+    eye = np.eye(n_frames)
+    return np.stack([pr.pool_frames(eye, centres, pool, "mean") for pool in pools])
+
+
+def _copy_model(model):
+    """A deep copy of ``model``. ``copy.deepcopy`` refuses weight_norm's derived weight (the
+    positional conv's, a non-leaf tensor after a forward pass); it is recomputed before every
+    forward anyway, so it is replaced by a detached copy of its value first."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, WeightNorm):
+                    setattr(module, hook.name, hook.compute_weight(module).detach())
+    return copy.deepcopy(model)
+
+
+def _frame_count(model, length: int) -> int:
+    # Output length of the conv stack (no padding): L -> floor((L - k) / s) + 1 per layer.
+    for _dim, kernel, stride in eval(model.cfg.conv_feature_layers):
+        length = (length - kernel) // stride + 1
+    return length
+
+
+def _predict(
+    classifier: _Classifier, arrays: WindowArrays, weights: List[torch.Tensor],
+    inputs: List[torch.Tensor], batch_size: int,
+) -> np.ndarray:
+    classifier.eval()
+    predictions = np.zeros(arrays.n, dtype=np.int64)
+    with torch.no_grad():
+        for (_x, _y, _pools, order), x, w in zip(arrays.groups, inputs, weights):
+            for lo in range(0, len(x), batch_size):
+                logits = classifier(x[lo : lo + batch_size], w[lo : lo + batch_size])
+                predictions[order[lo : lo + batch_size]] = logits.argmax(-1).cpu().numpy()
+    return predictions
+
+
+def finetune(
+    dataset: pr.LabelledDataset,
+    model,
+    normalize: bool = False,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    options: Optional[FinetuneOptions] = None,
+    device: Union[str, torch.device] = "cpu",
+    windows: Optional[Dict[str, WindowArrays]] = None,
+) -> Dict[str, object]:
+    """Fine-tune ``model`` + a linear head on ``dataset``; score the test split once.
+
+    Parameters
+    ----------
+    dataset : LabelledDataset
+        Labelled windows with train / valid / test splits (e.g. from
+        :func:`~meg2vec_fairseq.probe.load_manifest_labels`).
+    model : Meg2VecModel
+        Initial weights: ``probe.checkpoint_source(path).model`` or the model of
+        ``probe.build_random_model(config, seed)``; copied, never modified.
+    normalize : bool
+        z-score each window per channel first (the model's pre-training task did).
+    label_fraction : float
+        Stratified fraction of the training windows used, in (0, 1] (seeded by ``seed``).
+    seed : int
+        Seed of the subset, the head's initialisation, dropout and batch order.
+    options : FinetuneOptions or None
+        Epochs, learning rates, layer, ...
+    device : str or torch.device
+        ``"cpu"`` or ``"cuda"``; deterministic for a given seed on CPU.
+    windows : dict or None
+        :func:`read_windows` of ``dataset``, to read the data once for many runs.
+
+    Returns
+    -------
+    dict
+        ``seed``, ``label_fraction``, ``n_train``, ``best_epoch`` (1-based),
+        ``valid_macro_f1`` (of that epoch), ``valid_curve``, test ``macro_f1``,
+        ``balanced_accuracy``, ``confusion``, ``options``.
+
+    Raises
+    ------
+    ValueError
+        For an option out of range (one line, naming it); ``ProbeError`` for a dataset
+        without a split or with a single training class, or windows shorter than a frame.
+    """
+    options = options or FinetuneOptions()
+    check_fraction(label_fraction)
+    options.check()
+    dataset.check()
+    layer = options.layer
+    if layer is not None and layer != CNN_LAYER and not (
+        isinstance(layer, int) and 0 <= layer < n_layers(model)
+    ):
+        raise ValueError(f"layer {layer!r} out of range (0..{n_layers(model) - 1}, or 'cnn')")
+    device = torch.device(device)
+    n_classes = len(dataset.class_names)
+    windows = windows if windows is not None else read_windows(dataset)
+    receptive_field, stride = conv_frame_geometry(model.cfg.conv_feature_layers)
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    classifier = _Classifier(_copy_model(model), n_classes, layer, normalize).to(device)
+    classifier.model.feature_grad_mult = options.cnn_grad_mult
+
+    def tensors(split: str) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        inputs, weights = [], []
+        for x, _y, pools, _order in windows[split].groups:
+            if x.shape[-1] < receptive_field:
+                raise pr.ProbeError(
+                    f"{dataset.name}: a {split} window has {x.shape[-1]} samples, fewer than "
+                    f"the {receptive_field} of one frame"
+                )
+            w = _pool_weights(pools, _frame_count(model, x.shape[-1]), receptive_field, stride)
+            inputs.append(torch.from_numpy(x).to(device))
+            weights.append(torch.from_numpy(w.astype(np.float32)).to(device))
+        return inputs, weights
+
+    data = {split: tensors(split) for split in pr.SPLITS}
+    labels = {split: dataset.labels(split) for split in pr.SPLITS}
+    subset = pr.stratified_subset(labels["train"], label_fraction, seed)
+    # (group, row) of each chosen training window, for batching within a length group
+    position = {}
+    for g, (_x, _y, _pools, order) in enumerate(windows["train"].groups):
+        for row, index in enumerate(order):
+            position[int(index)] = (g, row)
+    chosen = [position[int(i)] for i in subset]
+    counts = np.bincount(labels["train"][subset], minlength=n_classes).astype(np.float64)
+    class_weight = np.where(counts > 0, len(subset) / (n_classes * np.maximum(counts, 1)), 0.0)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(class_weight, dtype=torch.float32,
+                                                      device=device))
+    optimizer = torch.optim.AdamW(
+        [{"params": classifier.model.parameters(), "lr": options.lr_encoder},
+         {"params": classifier.head.parameters(), "lr": options.lr_head}],
+        weight_decay=options.weight_decay,
+    )
+    train_labels = [torch.from_numpy(y).to(device) for _x, y, _p, _o in windows["train"].groups]
+
+    best = (-1.0, 0, None)
+    curve = []
+    for epoch in range(1, options.epochs + 1):
+        classifier.train()
+        order = rng.permutation(len(chosen))
+        by_group: Dict[int, List[int]] = {}
+        for i in order:
+            g, row = chosen[i]
+            by_group.setdefault(g, []).append(row)
+        batches = [(g, rows[lo : lo + options.batch_size]) for g, rows in by_group.items()
+                   for lo in range(0, len(rows), options.batch_size)]
+        for b in rng.permutation(len(batches)):
+            g, rows = batches[b]
+            index = torch.as_tensor(rows, device=device)
+            logits = classifier(data["train"][0][g][index], data["train"][1][g][index])
+            loss = loss_fn(logits, train_labels[g][index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        predictions = _predict(classifier, windows["valid"], data["valid"][1],
+                               data["valid"][0], options.batch_size)
+        score = pr.macro_f1(pr.confusion_matrix(labels["valid"], predictions, n_classes))
+        curve.append(score)
+        if score > best[0]:  # keep the first best epoch's weights
+            state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+            best = (score, epoch, state)
+    valid_score, best_epoch, state = best
+    classifier.load_state_dict(state)
+    predictions = _predict(classifier, windows["test"], data["test"][1], data["test"][0],
+                           options.batch_size)
+    matrix = pr.confusion_matrix(labels["test"], predictions, n_classes)
+    return {
+        "seed": seed,
+        "label_fraction": float(label_fraction),
+        "n_train": int(len(subset)),
+        "best_epoch": int(best_epoch),
+        "valid_macro_f1": float(valid_score),
+        "valid_curve": [float(v) for v in curve],
+        "macro_f1": pr.macro_f1(matrix),
+        "balanced_accuracy": pr.balanced_accuracy(matrix),
+        "confusion": matrix.tolist(),
+        "options": {**asdict(options), "device": str(device)},
+    }
+
+
+__all__ = ["FinetuneOptions", "WindowArrays", "check_fraction", "read_windows", "finetune"]

@@ -1,0 +1,116 @@
+"""Fine-tuning an encoder + linear head on labelled windows (meg2vec_fairseq.finetune)."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from meg2vec_fairseq import probe as pr
+from meg2vec_fairseq.finetune import FinetuneOptions, finetune, read_windows
+from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
+
+N_CHANNELS = 16
+TINY_YAML = """\
+task:
+  in_channels: 16
+  normalize: false
+model:
+  _name: meg2vec
+  conv_feature_layers: "[(32, 10, 5), (32, 3, 2)]"
+  encoder_layers: 1
+  encoder_embed_dim: 32
+  encoder_ffn_embed_dim: 64
+  encoder_attention_heads: 2
+  conv_pos: 16
+  conv_pos_groups: 4
+  latent_vars: 16
+  latent_groups: 2
+  final_dim: 16
+  dropout: 0.0
+  dropout_input: 0.0
+  dropout_features: 0.0
+  attention_dropout: 0.0
+  activation_dropout: 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """High-SNR synthetic events (2 kinds, 16 sensors), one 0.5-s window per event plus 0.25 s
+    of context, split by recording; and a tiny architecture yaml."""
+    root = tmp_path_factory.mktemp("finetune")
+    config = SyntheticMEGConfig(n_channels=N_CHANNELS, n_event_kinds=2, event_snr=10.0,
+                                events_per_second=1.5)
+    write_synthetic_dataset(str(root), n_recordings=6, seconds_per_recording=20,
+                            n_valid_recordings=0, seed=0, config=config)
+    with open(root / "events.tsv") as f:
+        events = list(csv.DictReader(f, delimiter="\t"))
+    splits = {0: "train", 1: "train", 2: "train", 3: "valid", 4: "test", 5: "test"}
+    with open(root / "labels.tsv", "w") as f:
+        f.write("segment\tstart\tend\tlabel\tsplit\n")
+        for event in events:
+            onset = int(event["onset_sample"]) / 250.0
+            if 0.25 <= onset <= 4.25:  # full context inside the 5-s segment
+                recording = int(event["segment"].split("/")[1][4:])
+                f.write(f"{event['segment']}\t{onset:.3f}\t{onset + 0.5:.3f}\t"
+                        f"kind{event['kind']}\t{splits[recording]}\n")
+    yaml = root / "tiny.yaml"
+    yaml.write_text(TINY_YAML)
+    dataset = pr.load_manifest_labels(str(root / "train.tsv"), str(root / "labels.tsv"),
+                                      context=0.25)
+    return dataset, str(yaml)
+
+
+def test_finetuning_a_random_init_tiny_model_beats_chance(toy):
+    dataset, yaml = toy
+    model, normalize = pr.build_random_model(yaml, seed=0)
+    options = FinetuneOptions(epochs=8, batch_size=16, lr_encoder=1e-3, lr_head=3e-3)
+    result = finetune(dataset, model, normalize, 1.0, seed=0, options=options)
+    chance = pr.chance_levels(dataset.labels("test"), 2)
+    assert result["balanced_accuracy"] > chance["balanced_accuracy"] + 0.2, result
+    assert result["macro_f1"] > chance["macro_f1"] + 0.2
+    assert 1 <= result["best_epoch"] <= 8 and len(result["valid_curve"]) == 8
+    assert result["valid_macro_f1"] == max(result["valid_curve"])
+
+
+def test_finetuning_is_deterministic_on_cpu_and_leaves_the_model_alone(toy):
+    dataset, yaml = toy
+    model, normalize = pr.build_random_model(yaml, seed=2)
+    windows = read_windows(dataset)
+    options = FinetuneOptions(epochs=2, batch_size=16)
+    first = finetune(dataset, model, normalize, 0.5, seed=4, options=options, windows=windows)
+    again = finetune(dataset, model, normalize, 0.5, seed=4, options=options, windows=windows)
+    assert again["valid_curve"] == first["valid_curve"]
+    assert again["confusion"] == first["confusion"]
+    fresh, _ = pr.build_random_model(yaml, seed=2)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_label_fraction_takes_a_stratified_subset(toy):
+    dataset, yaml = toy
+    model, normalize = pr.build_random_model(yaml, seed=1)
+    labels = dataset.labels("train")
+    result = finetune(dataset, model, normalize, 0.25, seed=3,
+                      options=FinetuneOptions(epochs=1))
+    expected = sum(max(1, int(round(0.25 * np.sum(labels == c)))) for c in np.unique(labels))
+    assert result["n_train"] == expected == len(pr.stratified_subset(labels, 0.25, 3))
+    assert result["label_fraction"] == 0.25
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"label_fraction": 0.0}, "label_fraction must be in (0, 1]"),
+        ({"label_fraction": 1.5}, "label_fraction must be in (0, 1]"),
+        ({"options": FinetuneOptions(epochs=0)}, "epochs must be a positive integer"),
+        ({"options": FinetuneOptions(lr_head=-1.0)}, "lr_head must be >= 0"),
+        ({"options": FinetuneOptions(layer=5)}, "layer 5 out of range"),
+    ],
+)
+def test_bad_options_raise_one_line_value_errors(toy, kwargs, message):
+    dataset, yaml = toy
+    model, normalize = pr.build_random_model(yaml, seed=0)
+    with pytest.raises(ValueError) as err:
+        finetune(dataset, model, normalize, **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
