@@ -7,10 +7,45 @@ inherited unchanged from :class:`fairseq.models.wav2vec.wav2vec2.Wav2Vec2Model`.
 Only the front changes: the first convolution reads ``in_channels`` MEG sensors instead
 of one audio channel, and the input is ``(batch, channels, time)`` instead of
 ``(batch, time)``.
+
+Optional objectives (all off by default; with their defaults the model *is* fairseq's
+wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig`:
+
+* pretext heads after *The Brain's Bitter Lesson* (``pretext_band_stop``,
+  ``pretext_phase_shift_classes``, ``pretext_amplitude_scale_classes``,
+  ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``; :mod:`.pretext`);
+* frozen random-projection targets after BEST-RQ (``target_codebook_size``,
+  ``target_codebook_dim``; :mod:`.targets`);
+* negatives near the positive in time (``negatives_max_distance``);
+* zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``).
+
+They hook into fairseq's own methods (``forward`` wrapped, ``apply_mask``,
+``sample_negatives``, ``get_extra_losses``, ``remove_pretraining_modules`` extended, the
+quantizer swapped); fairseq's forward itself is not copied.
+
+Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
+``criterion.loss_weights`` entry each)::
+
+    [diversity (only when there is a quantizer: quantize_targets or target_codebook_size),
+     features_pen,
+     pretext_band_stop_loss, pretext_phase_shift_loss, pretext_amplitude_scale_loss]
+     (only the enabled pretext families, in this order)
+
+Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
+``criterion.log_keys``). Example, everything on with the tiny config::
+
+    fairseq-hydra-train --config-dir config/pretraining --config-name meg2vec_tiny \
+      common.user_dir=meg2vec_fairseq task.data=manifests/demo \
+      "model.pretext_band_stop='[(1,4),(4,8),(8,13),(13,30)]'" \
+      model.pretext_phase_shift_classes=4 model.pretext_amplitude_scale_classes=5 \
+      model.target_codebook_size=1024 model.negatives_max_distance=10 \
+      model.mask_sensors_prob=0.2 "criterion.loss_weights=[1.0,10,1.0,1.0,1.0]" \
+      "criterion.log_keys=[prob_perplexity,code_perplexity,temp,pretext_band_stop_accuracy,\
+    pretext_phase_shift_accuracy,pretext_amplitude_scale_accuracy]"
 """
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq.models import register_model
@@ -20,7 +55,11 @@ from fairseq.models.wav2vec.wav2vec2 import (
     Wav2Vec2Model,
 )
 from omegaconf import II
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
+
+from .pretext import PretextTasks, parse_bands
+from .targets import RandomProjectionQuantizer
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
 # receptive field 60 samples (240 ms). See the README for the reasoning.
@@ -49,6 +88,87 @@ class Meg2VecConfig(Wav2Vec2Config):
     conv_pos: int = field(
         default=64,
         metadata={"help": "kernel size (in frames) of the convolutional positional embedding"},
+    )
+    sample_rate: float = field(
+        default=II("task.sample_rate"),
+        metadata={
+            "help": "input sampling rate in Hz (follows task.sample_rate); read only by the "
+            "pretext options, which refuse a task at another rate"
+        },
+    )
+    # --- optional objectives; every default below leaves fairseq's wav2vec 2.0 unchanged ---
+    pretext_band_stop: str = field(
+        default="",
+        metadata={
+            "help": "band-stop pretext task: a list of (low_hz, high_hz) bands, e.g. "
+            "'[(1,4),(4,8),(8,13),(13,30)]'; each sample of a pre-training batch has one band "
+            "removed from all sensors (rFFT bins low <= f <= high zeroed) and a linear head on "
+            "the time-pooled Transformer output predicts which (one class per band). Needs "
+            "0 <= low < high < sample_rate / 2 and at least 2 bands. '' = off"
+        },
+    )
+    pretext_phase_shift_classes: int = field(
+        default=0,
+        metadata={
+            "help": "phase-shift pretext task with K classes: class k rotates the phase of "
+            "a random subset of sensors (pretext_sensor_fraction) by 2*pi*k/K (analytic "
+            "signal; k=0 is the identity); a head predicts k. 0 = off, else >= 2"
+        },
+    )
+    pretext_amplitude_scale_classes: int = field(
+        default=0,
+        metadata={
+            "help": "amplitude-scale pretext task with K classes: class k multiplies a random "
+            "subset of sensors (pretext_sensor_fraction) by the k-th factor of a geometric "
+            "grid from 1/pretext_amplitude_scale_max to pretext_amplitude_scale_max (K=5, "
+            "max 2: 0.5, 0.71, 1, 1.41, 2); a head predicts k. 0 = off, else >= 2"
+        },
+    )
+    pretext_amplitude_scale_max: float = field(
+        default=2.0,
+        metadata={"help": "largest factor of the amplitude-scale grid (> 1)"},
+    )
+    pretext_sensor_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of sensors, in (0, 1), that the phase-shift and amplitude-scale "
+            "transforms touch (a new random subset per sample; at least one sensor)"
+        },
+    )
+    target_codebook_size: int = field(
+        default=0,
+        metadata={
+            "help": "BEST-RQ targets: if > 0 (e.g. 1024), the contrastive targets are codes of "
+            "a frozen random codebook of this size, matched to a frozen random projection of "
+            "the per-sensor z-scored raw input window under each frame, instead of the learned "
+            "Gumbel quantizer of CNN features (replaces it, whatever quantize_targets says). "
+            "code_perplexity is the real usage perplexity; prob_perplexity equals it without "
+            "gradient, so the diversity loss is a constant. 0 = off"
+        },
+    )
+    target_codebook_dim: int = field(
+        default=16,
+        metadata={
+            "help": "dimension of the random projection and codebook of target_codebook_size"
+        },
+    )
+    negatives_max_distance: int = field(
+        default=0,
+        metadata={
+            "help": "if > 0, each negative is a masked frame at most this many frames (of the "
+            "original sequence, not of the masked subsequence) from its positive, never the "
+            "positive itself; drawn uniformly among such frames, or among the nearest masked "
+            "frames when none is that close. 0 = fairseq's uniform sampling over the crop"
+        },
+    )
+    mask_sensors_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of sensors, in [0, 1), zeroed at random in each sample of a "
+            "pre-training batch, in training mode only. The context network reads the masked "
+            "input; the targets too with the Gumbel quantizer (same CNN), but not with "
+            "target_codebook_size > 0 (codes of the unmasked input). 0 = off"
+        },
     )
 
 
@@ -106,7 +226,9 @@ class Meg2VecModel(Wav2Vec2Model):
 
     ``forward(source, padding_mask=None, ...)`` takes ``source`` of shape ``(B, C, T)``
     and an optional ``(B, T)`` boolean ``padding_mask`` (True = padded sample); all
-    outputs are those of :class:`Wav2Vec2Model`.
+    outputs are those of :class:`Wav2Vec2Model`, plus ``pretext_<name>_loss`` and
+    ``pretext_<name>_accuracy`` for each enabled pretext family in a pre-training forward
+    (``mask=True``, ``features_only=False``). See the module docstring for the options.
     """
 
     cfg: Meg2VecConfig
@@ -119,15 +241,269 @@ class Meg2VecModel(Wav2Vec2Model):
             mode=cfg.extractor_mode,
             conv_bias=cfg.conv_bias,
         )
+        bands = validate_objectives(cfg)
+        self._mask_indices: Optional[torch.Tensor] = None  # of the current forward
+        self.pretext: Optional[PretextTasks] = None
+        if pretext_enabled(cfg):
+            self.pretext = PretextTasks(
+                embed_dim=cfg.encoder_embed_dim,
+                sample_rate=float(cfg.sample_rate) if bands else None,
+                bands=bands,
+                phase_classes=cfg.pretext_phase_shift_classes,
+                amplitude_classes=cfg.pretext_amplitude_scale_classes,
+                amplitude_max=cfg.pretext_amplitude_scale_max,
+                sensor_fraction=cfg.pretext_sensor_fraction,
+            )
+        if cfg.target_codebook_size > 0:
+            receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
+            self.quantizer = RandomProjectionQuantizer(
+                in_channels=cfg.in_channels,
+                receptive_field=receptive_field,
+                stride=stride,
+                codebook_size=cfg.target_codebook_size,
+                codebook_dim=cfg.target_codebook_dim,
+            )
+            final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
+            self.project_q = nn.Linear(cfg.target_codebook_dim, final_dim)  # trainable
 
     @classmethod
     def build_model(cls, cfg: Meg2VecConfig, task=None) -> "Meg2VecModel":
-        """Build a new model instance (fairseq entry point)."""
+        """Build a new model instance (fairseq entry point).
+
+        Raises
+        ------
+        ValueError
+            On an invalid objective option, or when a pretext option is on and the task's
+            ``sample_rate`` differs from the model's (a checkpoint trained at another rate).
+        """
+        task_cfg = getattr(task, "cfg", None)
+        task_rate = getattr(task_cfg, "sample_rate", None)
+        if pretext_enabled(cfg) and task_rate is not None:
+            model_rate = _config_sample_rate(cfg)
+            if float(task_rate) != model_rate:
+                raise ValueError(
+                    f"model.sample_rate={model_rate:g} but task.sample_rate={float(task_rate):g}: "
+                    "the pretext options (bands in Hz) were set for another sampling rate"
+                )
         return cls(cfg)
 
     def frames_per_second(self, sample_rate: float) -> float:
         """Frame rate of the encoder output for input sampled at ``sample_rate`` Hz."""
         return frame_rate(self.cfg.conv_feature_layers, sample_rate)
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        mask: bool = True,
+        features_only: bool = False,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        """fairseq's forward, with the enabled objectives around it.
+
+        In a pre-training forward (``mask`` and not ``features_only``), in this order: the
+        pretext transforms replace ``source`` (training and validation); the
+        random-projection targets are computed from it; in training mode, sensors are
+        zeroed (``mask_sensors_prob``); then :meth:`Wav2Vec2Model.forward` runs, its
+        encoder output captured by a forward hook for the pretext heads. Other calls
+        (feature extraction) are fairseq's forward unchanged.
+        """
+        try:
+            if not (mask and not features_only and self._objectives_on()):
+                return super().forward(
+                    source, padding_mask, mask=mask, features_only=features_only, **kwargs
+                )
+            labels: Dict[str, torch.Tensor] = {}
+            if self.pretext is not None:
+                source, labels = self.pretext.transform(source, padding_mask)
+            if isinstance(self.quantizer, RandomProjectionQuantizer):
+                self.quantizer.stash(source, padding_mask)  # before sensor masking: full input
+            if self.training and self.cfg.mask_sensors_prob > 0:
+                source = mask_sensors(source, self.cfg.mask_sensors_prob)
+            captured: List[torch.Tensor] = []
+            handle = None
+            if labels:
+                handle = self.encoder.register_forward_hook(
+                    lambda _module, _args, output: captured.append(output[0])
+                )
+            try:
+                result = super().forward(
+                    source, padding_mask, mask=mask, features_only=False, **kwargs
+                )
+            finally:
+                if handle is not None:
+                    handle.remove()
+            if labels:
+                result.update(self.pretext(captured[-1], result["padding_mask"], labels))
+            return result
+        finally:
+            self._mask_indices = None
+            if isinstance(self.quantizer, RandomProjectionQuantizer):
+                self.quantizer.clear()
+
+    def _objectives_on(self) -> bool:
+        cfg = self.cfg
+        return (
+            self.pretext is not None
+            or isinstance(self.quantizer, RandomProjectionQuantizer)
+            or cfg.negatives_max_distance > 0
+            or cfg.mask_sensors_prob > 0
+        )
+
+    def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
+        """fairseq's ``apply_mask``, AMP-safe, keeping the mask indices for the objectives.
+
+        Under autocast the features are fp16/bf16 while ``mask_emb`` is float32, and
+        fairseq's ``index_put`` refuses mixed dtypes: run it in ``mask_emb``'s dtype and
+        cast back (a no-op in float32).
+        """
+        dtype = x.dtype
+        x, mask_indices = super().apply_mask(
+            x.to(self.mask_emb.dtype),
+            padding_mask,
+            mask_indices=mask_indices,
+            mask_channel_indices=mask_channel_indices,
+        )
+        self._mask_indices = mask_indices
+        if isinstance(self.quantizer, RandomProjectionQuantizer):
+            self.quantizer.set_mask(mask_indices)
+        return x.to(dtype), mask_indices
+
+    def sample_negatives(self, y, num, padding_count=None):
+        """fairseq's uniform negatives, or negatives near the positive in time.
+
+        With ``negatives_max_distance = D > 0``: ``y`` holds the ``M`` masked frames of each
+        sample in time order; each of the ``num`` positives gets ``num_negatives`` negatives
+        drawn uniformly (with replacement, as fairseq) among the other masked frames whose
+        frame index in the original sequence is within ``D`` of its own; when there is none,
+        among the nearest other masked frames. Same return contract as fairseq:
+        ``negs (num_negatives, B, num, dim)``, ``neg_idxs (B, num * num_negatives)`` indices
+        into ``y.view(-1, dim)``.
+        """
+        max_distance = self.cfg.negatives_max_distance
+        if max_distance <= 0 or self.n_negatives == 0:
+            return super().sample_negatives(y, num, padding_count=padding_count)
+        bsz, tsz, fsz = y.shape
+        high = tsz - (padding_count or 0)
+        assert high > 1, f"{bsz, tsz, fsz}"
+        with torch.no_grad():
+            positions = self._masked_positions(bsz, tsz, y.device)
+            distance = (
+                positions[:, :num, None] - positions[:, None, :high]
+            ).abs()  # (B, num, high)
+            allowed = (distance > 0) & (distance <= max_distance)
+            lonely = ~allowed.any(dim=-1, keepdim=True)
+            if lonely.any():  # no masked frame within D: fall back to the nearest ones
+                others = distance.masked_fill(distance == 0, torch.iinfo(distance.dtype).max)
+                nearest = others == others.min(dim=-1, keepdim=True).values
+                allowed = torch.where(lonely, nearest, allowed)
+            neg_idxs = torch.multinomial(
+                allowed.view(-1, high).float(), self.n_negatives, replacement=True
+            ).view(bsz, num * self.n_negatives)
+            neg_idxs = neg_idxs + torch.arange(bsz, device=y.device).unsqueeze(1) * tsz
+        negs = y.reshape(-1, fsz)[neg_idxs.view(-1)]
+        negs = negs.view(bsz, num, self.n_negatives, fsz).permute(2, 0, 1, 3)  # to NxBxTxC
+        return negs, neg_idxs
+
+    def _masked_positions(self, bsz: int, tsz: int, device) -> torch.Tensor:
+        """``(B, tsz)`` frame index in the original sequence of each of ``y``'s frames."""
+        masked = self._mask_indices
+        if masked is not None and int(masked.sum()) == bsz * tsz:
+            return masked.nonzero()[:, 1].view(bsz, tsz).to(device)  # row-major: time order
+        return torch.arange(tsz, device=device).expand(bsz, tsz)
+
+    def get_extra_losses(self, net_output) -> List[Optional[torch.Tensor]]:
+        """fairseq's ``[diversity, features_pen]``, then one loss per enabled pretext family.
+
+        Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
+        phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
+        output has none (not a pre-training forward).
+        """
+        losses = super().get_extra_losses(net_output)
+        if self.pretext is not None:
+            losses.extend(net_output.get(f"pretext_{name}_loss") for name in self.pretext.names)
+        return losses
+
+    def remove_pretraining_modules(self, last_layer=None) -> None:
+        """fairseq's removal of the pre-training modules, plus the pretext heads."""
+        super().remove_pretraining_modules(last_layer=last_layer)
+        self.pretext = None
+
+
+def pretext_enabled(cfg: Meg2VecConfig) -> bool:
+    """Whether any pretext family is on in ``cfg`` (works on old configs without the fields)."""
+    return bool(
+        (getattr(cfg, "pretext_band_stop", "") or "").strip()
+        or getattr(cfg, "pretext_phase_shift_classes", 0)
+        or getattr(cfg, "pretext_amplitude_scale_classes", 0)
+    )
+
+
+def _config_sample_rate(cfg: Meg2VecConfig) -> float:
+    try:
+        return float(cfg.sample_rate)
+    except (OmegaConfBaseException, TypeError, ValueError):
+        raise ValueError(
+            "model.sample_rate is needed by the pretext options (set it, or task.sample_rate)"
+        ) from None
+
+
+def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
+    """Check the objective options of ``cfg``; return the parsed band-stop bands.
+
+    Raises
+    ------
+    ValueError
+        One line naming the offending option and value.
+    """
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    bands = parse_bands(cfg.pretext_band_stop)
+    if bands:
+        rate = _config_sample_rate(cfg)
+        if len(bands) < 2:
+            fail(f"pretext_band_stop={cfg.pretext_band_stop!r}: needs at least 2 bands (classes)")
+        for low, high in bands:
+            if not 0 <= low < high < rate / 2:
+                fail(
+                    f"pretext_band_stop band ({low:g}, {high:g}): needs 0 <= low < high < "
+                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
+                )
+    for name in ("pretext_phase_shift_classes", "pretext_amplitude_scale_classes"):
+        value = getattr(cfg, name)
+        if value < 0 or value == 1:
+            fail(f"{name}={value}: must be 0 (off) or >= 2")
+    if not cfg.pretext_amplitude_scale_max > 1:
+        fail(f"pretext_amplitude_scale_max={cfg.pretext_amplitude_scale_max}: must be > 1")
+    if not 0 < cfg.pretext_sensor_fraction < 1:
+        fail(f"pretext_sensor_fraction={cfg.pretext_sensor_fraction}: must be in (0, 1)")
+    if cfg.target_codebook_size < 0 or cfg.target_codebook_size == 1:
+        fail(f"target_codebook_size={cfg.target_codebook_size}: must be 0 (off) or >= 2")
+    if cfg.target_codebook_dim < 1:
+        fail(f"target_codebook_dim={cfg.target_codebook_dim}: must be >= 1")
+    if cfg.target_codebook_size > 0:
+        for name in ("negatives_from_everywhere", "codebook_negatives", "quantize_input"):
+            if getattr(cfg, name):
+                fail(f"target_codebook_size={cfg.target_codebook_size} does not support {name}")
+    if cfg.negatives_max_distance < 0:
+        fail(f"negatives_max_distance={cfg.negatives_max_distance}: must be >= 0 (0 = off)")
+    if cfg.negatives_max_distance > 0:
+        for name in ("negatives_from_everywhere", "cross_sample_negatives"):
+            if getattr(cfg, name):
+                fail(f"negatives_max_distance={cfg.negatives_max_distance} does not support {name}")
+    if not 0 <= cfg.mask_sensors_prob < 1:
+        fail(f"mask_sensors_prob={cfg.mask_sensors_prob}: must be in [0, 1)")
+    return bands
+
+
+def mask_sensors(source: torch.Tensor, prob: float) -> torch.Tensor:
+    """Zero ``round(prob * C)`` random sensors of each sample of ``(B, C, T)`` ``source``."""
+    batch, channels, _ = source.shape
+    count = int(round(prob * channels))
+    ranks = torch.rand(batch, channels, device=source.device).argsort(dim=-1)
+    return source * (ranks >= count).unsqueeze(-1).to(source.dtype)
 
 
 def conv_frame_geometry(conv_feature_layers: str) -> Tuple[int, int]:

@@ -1,0 +1,159 @@
+"""Frozen random-projection targets after BEST-RQ (Chiu et al., 2022).
+
+wav2vec 2.0's targets are a learned quantization of the same CNN features that the
+context network reads, so they can drift towards whatever is easiest to predict. BEST-RQ
+instead quantizes the *input* with a random projection and a random codebook that are never
+trained. :class:`RandomProjectionQuantizer` does that for the raw MEG window under each
+frame and plugs into fairseq's :class:`~fairseq.models.wav2vec.wav2vec2.Wav2Vec2Model` as
+its ``quantizer`` (same calling convention as ``GumbelVectorQuantizer``), so fairseq's
+forward, negatives and criterion are used unchanged.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RandomProjectionQuantizer(nn.Module):
+    """Frozen random projection of input patches, matched to a frozen random codebook.
+
+    For every frame of the conv encoder, the input window under it (``receptive_field``
+    samples of all sensors, hop ``stride``; the same windows as
+    ``source.unfold(-1, receptive_field, stride)``) is projected to ``codebook_dim`` by a
+    fixed random matrix, l2-normalised and replaced by the index of the nearest (cosine)
+    entry of a fixed random l2-normalised codebook. Before projection each sensor is
+    z-scored over the non-padded samples of its crop, so that codes follow the shape and
+    relative amplitude of the signal within a crop and not the recording's gain.
+
+    Projection and codebook are buffers (never trained, saved in checkpoints) drawn from a
+    ``torch.Generator`` seeded with ``seed``, hence identical for every model built with
+    the same geometry.
+
+    Usage inside the model: :meth:`stash` the codes of a batch's source before fairseq's
+    forward, :meth:`set_mask` the mask indices when fairseq draws them; fairseq then calls
+    ``quantizer(y)`` on the masked frames and receives their code vectors.
+    ``forward`` ignores the values of its input (the CNN features of the masked frames) and
+    only checks their shape.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of sensors.
+    receptive_field, stride : int
+        Input window and hop of one frame of the conv encoder (in samples).
+    codebook_size : int
+        Number of codes.
+    codebook_dim : int
+        Dimension of the projection and of the code vectors returned.
+    seed : int
+        Seed of the projection and codebook.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        receptive_field: int,
+        stride: int,
+        codebook_size: int,
+        codebook_dim: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.receptive_field = receptive_field
+        self.stride = stride
+        self.num_vars = codebook_size  # fairseq's name: the diversity term reads it
+        self.codebook_dim = codebook_dim
+        generator = torch.Generator().manual_seed(seed)
+        fan_in = in_channels * receptive_field
+        projection = torch.randn(codebook_dim, in_channels, receptive_field, generator=generator)
+        codebook = torch.randn(codebook_size, codebook_dim, generator=generator)
+        self.register_buffer("projection", projection / fan_in**0.5)
+        self.register_buffer("codebook", F.normalize(codebook, dim=-1))
+        self._codes: Optional[torch.Tensor] = None
+        self._mask_indices: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def codes(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Code index of every frame: ``(B, C, T)`` -> ``(B, frames)`` long.
+
+        ``frames = (T - receptive_field) // stride + 1``, the conv encoder's frame count.
+        """
+        with torch.autocast(device_type=source.device.type, enabled=False):
+            x = source.float()
+            if padding_mask is None:
+                mean = x.mean(dim=-1, keepdim=True)
+                std = x.std(dim=-1, keepdim=True)
+            else:
+                keep = (~padding_mask).unsqueeze(1).float()
+                count = keep.sum(dim=-1, keepdim=True).clamp(min=2)
+                mean = (x * keep).sum(dim=-1, keepdim=True) / count
+                std = (((x - mean) * keep).pow(2).sum(dim=-1, keepdim=True) / (count - 1)).sqrt()
+                x = x * keep
+            x = (x - mean) / std.clamp(min=1e-8)
+            # One conv with the projection as kernel = projecting every unfolded window.
+            projected = F.conv1d(x, self.projection, stride=self.stride).transpose(1, 2)
+            similarity = F.normalize(projected, dim=-1) @ self.codebook.t()
+            return similarity.argmax(dim=-1)
+
+    def stash(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
+        """Compute and keep the codes of ``source`` for the next :meth:`forward`."""
+        self._codes = self.codes(source, padding_mask)
+
+    def set_mask(self, mask_indices: Optional[torch.Tensor]) -> None:
+        """Keep the ``(B, frames)`` boolean mask whose True frames fairseq will quantize."""
+        self._mask_indices = mask_indices
+
+    def clear(self) -> None:
+        """Drop the stashed codes and mask (called after each forward)."""
+        self._codes = None
+        self._mask_indices = None
+
+    def forward(self, x: torch.Tensor, produce_targets: bool = False) -> Dict[str, object]:
+        """Code vectors of the stashed masked frames, in fairseq's quantizer format.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, M, D)`` features of the ``M`` masked frames per sample (values unused).
+        produce_targets : bool
+            Unused (fairseq's calling convention).
+
+        Returns
+        -------
+        dict
+            ``x``: ``(B, M, codebook_dim)`` code vectors; ``num_vars``: codebook size;
+            ``code_perplexity``: exp of the entropy of code usage over the batch's masked
+            frames; ``prob_perplexity``: the same value without grad, so that fairseq's
+            diversity term ``(num_vars - prob_perplexity) / num_vars`` is a constant with no
+            gradient (keep its slot in ``criterion.loss_weights``; its weight does not
+            matter); ``temp``: 0.0 (there is no Gumbel temperature).
+        """
+        if self._codes is None:
+            raise RuntimeError(
+                "random-projection targets: no codes stashed; the quantizer is only usable "
+                "inside Meg2VecModel.forward"
+            )
+        codes = self._codes
+        if self._mask_indices is not None:
+            codes = codes[:, : self._mask_indices.size(1)][self._mask_indices].view(
+                codes.size(0), -1
+            )
+        if codes.shape != x.shape[:2]:
+            raise RuntimeError(
+                f"random-projection targets: {tuple(codes.shape)} codes for "
+                f"{tuple(x.shape[:2])} frames"
+            )
+        counts = torch.bincount(codes.flatten(), minlength=self.num_vars).float()
+        probs = counts / counts.sum().clamp(min=1)
+        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-12))).sum())
+        return {
+            "x": self.codebook[codes],  # float32; project_q follows autocast
+            "num_vars": self.num_vars,
+            "code_perplexity": perplexity,
+            "prob_perplexity": perplexity.detach(),
+            "temp": 0.0,
+        }
