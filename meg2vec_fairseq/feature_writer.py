@@ -7,8 +7,9 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .data.meg_dataset import MegNpyDataset
+from .data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, MegNpyDataset
 from .features import extract_features, load_meg2vec
+from .models.meg2vec import conv_frame_geometry
 from .preprocessing.segments import atomic_save_npy, atomic_write_text
 
 
@@ -42,6 +43,14 @@ def write_manifest_features(
     dict
         ``segments`` written, ``frames`` of the last one, feature ``dim``, and the ``index``
         TSV path.
+
+    Raises
+    ------
+    CheckpointError
+        For a checkpoint that is not a usable meg2vec checkpoint.
+    MegDataError
+        For a bad manifest or segment (before anything is written when the header tells:
+        also a segment shorter than the model's receptive field, which gives no frame).
     """
     model, task_cfg = load_meg2vec(checkpoint_path, device)
     dataset = MegNpyDataset(
@@ -50,7 +59,17 @@ def write_manifest_features(
         in_channels=task_cfg.in_channels,
         shuffle=False,
         normalize=task_cfg.normalize,
+        max_abs_value=getattr(task_cfg, "max_abs_value", DEFAULT_MAX_ABS_VALUE),
     )
+    receptive_field, _ = conv_frame_geometry(model.cfg.conv_feature_layers)
+    too_short = [i for i, size in enumerate(dataset.sizes) if size < receptive_field]
+    if too_short:  # the conv stack would fail on it with a shape error naming no file
+        i = too_short[0]
+        raise MegDataError(
+            f"{dataset._where(i)}: {int(dataset.sizes[i])} samples, shorter than the "
+            f"model's receptive field of {receptive_field} samples ({len(too_short)} such "
+            "segment(s)); no feature frame can be computed"
+        )
     dest = os.path.abspath(dest)
     rows = []
     features = torch.empty(0, 0)

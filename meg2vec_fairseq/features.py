@@ -48,6 +48,11 @@ def load_meg2vec(checkpoint_path: str, device: Union[str, torch.device] = "cpu")
     """
     import meg2vec_fairseq  # noqa: F401  (registers the task and model for fairseq)
 
+    from .cli import input_file_problem
+
+    problem = input_file_problem(checkpoint_path)  # before torch.load: a FIFO would block
+    if problem:
+        raise CheckpointError(f"{checkpoint_path}: checkpoint {problem}")
     try:
         models, cfg, _task = checkpoint_utils.load_model_ensemble_and_task([checkpoint_path])
     except FileNotFoundError as err:

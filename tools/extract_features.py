@@ -8,19 +8,28 @@ Example::
 
 Writes ``DEST/<segment relative path>`` (one ``(frames, dim)`` float32 array per segment,
 each written atomically) and ``DEST/features.tsv`` (root line, then ``path<TAB>frames``).
+Exit status: 0, 1 for bad data or checkpoint (one ``error:`` line naming the file), 2 for
+usage errors (e.g. --dest an existing file), 130 when interrupted.
 """
 
 import argparse
 import sys
 
+from meg2vec_fairseq.cli import ToolParser, check_outputs, first_line, run_main
 from meg2vec_fairseq.feature_writer import write_manifest_features
-from meg2vec_fairseq.features import CheckpointError, parse_layer
+from meg2vec_fairseq.features import parse_layer
+
+
+def layer_option(text: str):
+    """argparse type of ``--layer``: an integer, 'last' or 'cnn'."""
+    try:
+        return parse_layer(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("--layer ", "")) from None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--checkpoint", required=True, help="meg2vec checkpoint (.pt) from fairseq-hydra-train"
     )
@@ -29,18 +38,19 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--layer",
         default="last",
+        type=layer_option,
         help="Transformer layer to read (0-based integer), 'last' (default) or 'cnn' for the "
         "convolutional encoder output",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args(argv)
+    check_outputs(parser, dirs=[("--dest", args.dest)])  # before the model is loaded
     try:
-        layer = parse_layer(args.layer)
         summary = write_manifest_features(
-            args.checkpoint, args.manifest, args.dest, layer, args.device
+            args.checkpoint, args.manifest, args.dest, args.layer, args.device
         )
-    except (CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # CheckpointError, MegDataError, bad layer, disk
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 1
     print(
         f"wrote features of {summary['segments']} segments ({summary['frames']} frames x "
@@ -50,4 +60,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
