@@ -53,6 +53,24 @@ def _import_preprocessing():
 
 
 # ------------------------------------------------------------------------ options
+def _finite(text: str) -> float:
+    """argparse type: a finite float (nan/inf are usage errors, not tracebacks later)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _glob(text: str) -> str:
+    """argparse type: a non-empty glob (pathlib refuses an empty pattern)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty pattern")
+    return text
+
+
 def add_output_options(p: argparse.ArgumentParser) -> None:
     """Options every subcommand shares: outputs, split, parallelism."""
     g = p.add_argument_group("output")
@@ -62,7 +80,7 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--segments-dir", type=Path, default=None, metavar="DIR",
                    help="where the .npy segments go (default: MANIFEST_DIR/segments); the "
                         "manifests' first line is its absolute path")
-    g.add_argument("--valid-percent", type=float, default=0.1, metavar="P",
+    g.add_argument("--valid-percent", type=_finite, default=0.1, metavar="P",
                    help="fraction of recordings (not segments) for valid.tsv, in [0, 1); "
                         "with a single recording, the last fraction P of it in time "
                         "(default: 0.1)")
@@ -80,21 +98,21 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 def add_preprocessing_options(p: argparse.ArgumentParser) -> None:
     """Signal options (raw and bids); defaults match LibriBrain (250 Hz) and the seed."""
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--sfreq", type=float, default=250.0,
+    g.add_argument("--sfreq", type=_finite, default=250.0,
                    help="output sampling rate in Hz (polyphase resampling; default: 250)")
-    g.add_argument("--l-freq", type=float, default=1.0,
+    g.add_argument("--l-freq", type=_finite, default=1.0,
                    help="band-pass low edge in Hz, 0 for none (default: 1)")
-    g.add_argument("--h-freq", type=float, default=40.0,
+    g.add_argument("--h-freq", type=_finite, default=40.0,
                    help="band-pass high edge in Hz, 0 for none; must be below --sfreq/2 "
                         "(default: 40)")
-    g.add_argument("--segment-seconds", type=float, default=5.0,
+    g.add_argument("--segment-seconds", type=_finite, default=5.0,
                    help="segment length in seconds (default: 5)")
     g.add_argument("--n-channels", type=int, default=306,
                    help="rows per segment: MEG channels padded with zeros or truncated "
                         "(default: 306)")
     g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the saved segments (default: float32)")
-    g.add_argument("--chunk-seconds", type=float, default=10.0,
+    g.add_argument("--chunk-seconds", type=_finite, default=10.0,
                    help="seconds read per step; bounds memory, does not change the output "
                         "(default: 10)")
     g.add_argument("--no-fsync", action="store_true",
@@ -123,7 +141,7 @@ def add_raw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("roots", nargs="+", metavar="ROOT",
                    help="directory searched recursively, or a single recording (file or "
                         "CTF .ds folder)")
-    p.add_argument("--pattern", action="append", metavar="GLOB", default=None,
+    p.add_argument("--pattern", action="append", metavar="GLOB", default=None, type=_glob,
                    help="glob for recording names, repeatable (default: *.fif *.fif.gz "
                         "*.ds *.sqd *.con c,rf*); derived FIF files (-epo, -cov, ...) and "
                         "split-file continuations are always skipped")
@@ -225,11 +243,11 @@ def add_libribrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action=argparse.BooleanOptionalAction, default=False,
                    help="fetch missing runs through pnpl (network); default off: nothing "
                         "touches the network and a missing file is an error for that run")
-    g.add_argument("--segment-seconds", type=float, default=5.0,
+    g.add_argument("--segment-seconds", type=_finite, default=5.0,
                    help="segment length in seconds (default: 5)")
     g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the saved segments (default: float32)")
-    g.add_argument("--chunk-seconds", type=float, default=30.0,
+    g.add_argument("--chunk-seconds", type=_finite, default=30.0,
                    help="seconds read per step; bounds memory (default: 30)")
     g.add_argument("--no-fsync", action="store_true", help="do not fsync each segment")
     add_output_options(p)
