@@ -312,6 +312,15 @@ def test_code_perplexity_is_real_and_diversity_has_no_gradient():
     assert not diversity.requires_grad
 
 
+def test_random_projection_targets_without_the_gumbel_quantizer():
+    """quantize_targets=false: the codes still replace the targets, diversity slot included."""
+    model = build_meg2vec(in_channels=8, quantize_targets=False, target_codebook_size=32).train()
+    assert isinstance(model.quantizer, RandomProjectionQuantizer)
+    loss, _, logging = criterion([1.0, 10], ["code_perplexity"])(model, batch())
+    assert torch.isfinite(loss) and logging["code_perplexity"] > 1
+    loss.backward()
+
+
 def test_padded_frames_are_never_targets():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, negatives_max_distance=3)
     source = torch.randn(2, 8, 1000)

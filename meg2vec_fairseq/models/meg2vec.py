@@ -3,7 +3,8 @@
 Everything that makes wav2vec 2.0 work -- span masking, the Gumbel product quantizer,
 sampled negatives, ``get_logits`` / ``get_targets`` / ``get_extra_losses`` for fairseq's
 ``wav2vec`` criterion, the Transformer with convolutional positional embeddings -- is
-inherited unchanged from :class:`fairseq.models.wav2vec.wav2vec2.Wav2Vec2Model`.
+fairseq's :class:`~fairseq.models.wav2vec.wav2vec2.Wav2Vec2Model` (a few methods are
+extended for the optional objectives below, and are fairseq's when those are off).
 Only the front changes: the first convolution reads ``in_channels`` MEG sensors instead
 of one audio channel, and the input is ``(batch, channels, time)`` instead of
 ``(batch, time)``.
@@ -32,16 +33,22 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      (only the enabled pretext families, in this order)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
-``criterion.log_keys``). Example, everything on with the tiny config::
+``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
+list these fields, so they are added with ``+model.``; a yaml that lists them takes plain
+``model.`` overrides)::
 
-    fairseq-hydra-train --config-dir config/pretraining --config-name meg2vec_tiny \
-      common.user_dir=meg2vec_fairseq task.data=manifests/demo \
-      "model.pretext_band_stop='[(1,4),(4,8),(8,13),(13,30)]'" \
-      model.pretext_phase_shift_classes=4 model.pretext_amplitude_scale_classes=5 \
-      model.target_codebook_size=1024 model.negatives_max_distance=10 \
-      model.mask_sensors_prob=0.2 "criterion.loss_weights=[1.0,10,1.0,1.0,1.0]" \
-      "criterion.log_keys=[prob_perplexity,code_perplexity,temp,pretext_band_stop_accuracy,\
+    fairseq-hydra-train --config-dir config/pretraining --config-name meg2vec_tiny \\
+      common.user_dir=meg2vec_fairseq task.data=manifests/demo \\
+      "+model.pretext_band_stop='[(1,4),(4,8),(8,13),(13,30)]'" \\
+      +model.pretext_phase_shift_classes=4 +model.pretext_amplitude_scale_classes=5 \\
+      +model.target_codebook_size=1024 +model.negatives_max_distance=10 \\
+      +model.mask_sensors_prob=0.2 "criterion.loss_weights=[1.0,10,1.0,1.0,1.0]" \\
+      "criterion.log_keys=[prob_perplexity,code_perplexity,temp,pretext_band_stop_accuracy,\\
     pretext_phase_shift_accuracy,pretext_amplitude_scale_accuracy]"
+
+Each pretext loss is the batch-mean cross-entropy; fairseq's criterion multiplies every extra
+loss by the number of masked frames (the contrastive loss is a sum over them), so with weight
+1 a pretext loss counts as much as the per-frame contrastive loss.
 """
 
 from dataclasses import dataclass, field
