@@ -11,8 +11,9 @@ Subcommands (one small function each; a new input type adds ``add_<name>_args`` 
 Writes ``train.tsv``/``valid.tsv`` (first line: absolute segments root; then
 ``relative/path.npy<TAB>num_time_samples``), the segments (``MANIFEST_DIR/segments/``
 unless ``--segments-dir``), ``report.json`` and ``qc.png``. Exit code 0 when nothing
-failed, 1 when any recording failed (the others are still processed), 2 for usage errors.
-Interrupted runs resume: run the same command again.
+failed, 1 when any recording failed (the others are still processed) or another run holds
+``--dest`` or the segments folder, 2 for usage errors and unusable output folders, 130 on
+Ctrl-C. Interrupted runs resume: run the same command again.
 """
 
 from __future__ import annotations
@@ -20,12 +21,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import shlex
 import sys
 import time
 import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: Ctrl-C ends the run with this line on stderr and exit code 130.
+INTERRUPTED = "interrupted; re-run the same command to resume"
+
+
+class CommandError(Exception):
+    """Ends the command with ``error: <message>`` on stderr and exit code ``code``."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def _import_preprocessing():
@@ -184,6 +196,7 @@ def _run_mne(args, parser, found, problems, segments, recordings, inputs) -> int
     except ValueError as err:
         parser.error(str(err))
     segments_root = (args.segments_dir or args.dest / "segments").resolve()
+    _claim_outputs(args, segments, segments_root)
     segments_root.mkdir(parents=True, exist_ok=True)
     tasks = recordings.make_tasks(found, params, segments_root, overwrite=args.overwrite)
     t0 = time.perf_counter()
@@ -289,6 +302,7 @@ def cmd_libribrain(args, parser) -> int:
                                    cfg.train_run_keys, cfg.valid_run_keys, cfg.exclude_run_keys)
     except ValueError as err:  # LibriBrainError is a ValueError
         parser.error(str(err))
+    _claim_outputs(args, lb.seg, args.segments_dir or args.dest / "segments")
     t0 = time.perf_counter()
     try:
         out = lb.make_libribrain_manifests(cfg, selection)
@@ -331,10 +345,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_output_paths(args) -> None:
+    """``--dest`` and the segments folder must be (creatable) writable folders: exit 2."""
+    segments, _ = _import_preprocessing()
+    folders = [("--dest", args.dest)]
+    folders.append(("--segments-dir", args.segments_dir) if args.segments_dir is not None
+                   else ("segments folder", args.dest / "segments"))
+    for what, path in folders:
+        try:
+            segments.check_output_dir(path, what)
+        except segments.OutputPathError as err:
+            raise CommandError(str(err), 2) from None
+
+
+def _claim_outputs(args, segments, segments_root) -> None:
+    """Lock ``--dest`` and the segments folder, then drop the old manifests.
+
+    Call after the options are checked and before any segment is touched. Another run
+    holding a folder is exit 1 (the command is fine: run it later); a folder that cannot
+    be created is exit 2. The lock is released by :func:`main` (or when the process ends).
+    """
+    try:
+        args.output_lock = segments.lock_outputs(args.dest, segments_root,
+                                                 command=args.command_line)
+    except segments.OutputLockedError as err:
+        raise CommandError(str(err), 1) from None
+    except segments.OutputPathError as err:
+        raise CommandError(str(err), 2) from None
+    # A manifest must never list segments that this run is about to delete or rewrite.
+    segments.invalidate_outputs(args.dest)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.run(args, args.subparser)
+    args.command_line = shlex.join(["make_manifest.py",
+                                    *(sys.argv[1:] if argv is None else argv)])
+    try:
+        _check_output_paths(args)
+        return args.run(args, args.subparser)
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:  # everything written so far is resumable
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    finally:
+        lock = getattr(args, "output_lock", None)
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":
