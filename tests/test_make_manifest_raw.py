@@ -575,10 +575,18 @@ def test_discovery_formats_derived_files_splits_and_pattern(tmp_path):
     for n in names:
         (root / n).parent.mkdir(parents=True, exist_ok=True)
         (root / n).write_bytes(b"x")
-    found, problems = discover_recordings([root])
+    not_used = []
+    found, problems = discover_recordings([root], not_used=not_used)
     rel = [p.relative_to(root.resolve()).as_posix() for p, _ in found]
-    assert rel == ["a/run1_raw.fif", "a/x_split-01_meg.fif", "b/k.sqd", "b/k2.con",
-                   "c/c,rfDC", "ctf.ds"] and problems == []
+    # Split parts are recognised by content (tests/test_recording_checks.py), not by
+    # name: these unreadable stand-ins stay recordings (and fail when processed).
+    assert rel == ["a/run1_raw-1.fif", "a/run1_raw.fif", "a/x_split-01_meg.fif",
+                   "a/x_split-02_meg.fif", "b/k.sqd", "b/k2.con", "c/c,rfDC",
+                   "ctf.ds"] and problems == []
+    why = {Path(d["path"]).name: d["reason"] for d in not_used}
+    assert set(why) == {"run1-epo.fif", "sub-01-cov.fif", "config", "notes.txt"}
+    assert "derived FIF file ('epo' in the name)" in why["run1-epo.fif"]
+    assert "matches none of the patterns" in why["notes.txt"]
     found, _ = discover_recordings([root], patterns=["*.sqd", "*.ds"])
     assert [p.name for p, _ in found] == ["k.sqd", "ctf.ds"]
     found, problems = discover_recordings([root / "b" / "k.sqd", root / "c"],

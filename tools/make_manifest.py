@@ -163,8 +163,10 @@ def add_raw_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_raw(args, parser) -> int:
     segments, recordings = _import_preprocessing()
-    found, problems = recordings.discover_recordings(args.roots, args.pattern)
-    return _run_mne(args, parser, found, problems, segments, recordings, args.roots)
+    not_used: list = []
+    found, problems = recordings.discover_recordings(args.roots, args.pattern, not_used)
+    return _run_mne(args, parser, found, problems, segments, recordings, args.roots,
+                    not_used)
 
 
 def add_bids_args(p: argparse.ArgumentParser) -> None:
@@ -183,12 +185,15 @@ def add_bids_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_bids(args, parser) -> int:
     segments, recordings = _import_preprocessing()
+    not_used: list = []
     found, problems = recordings.discover_bids(args.bids_root, args.subjects, args.sessions,
-                                               args.tasks, args.runs)
-    return _run_mne(args, parser, found, problems, segments, recordings, [args.bids_root])
+                                               args.tasks, args.runs, not_used)
+    return _run_mne(args, parser, found, problems, segments, recordings, [args.bids_root],
+                    not_used)
 
 
-def _run_mne(args, parser, found, problems, segments, recordings, inputs) -> int:
+def _run_mne(args, parser, found, problems, segments, recordings, inputs,
+             not_used=()) -> int:
     """Shared body of ``raw`` and ``bids``: process, finalize, summarize."""
     try:
         _check_output_options(args)
@@ -207,19 +212,25 @@ def _run_mne(args, parser, found, problems, segments, recordings, inputs) -> int
                   "valid_percent": args.valid_percent, "seed": args.seed,
                   "segments_root": str(segments_root), "inputs": [str(i) for i in inputs]}
     return finish(args, segments, results, segments_root, run_params,
-                  time.perf_counter() - t0)
+                  time.perf_counter() - t0, not_used)
 
 
-def finish(args, segments, results, segments_root, run_params, elapsed: float) -> int:
-    """Write manifests/report/QC, print the summary; returns the exit code (0 or 1)."""
+def finish(args, segments, results, segments_root, run_params, elapsed: float,
+           not_used=()) -> int:
+    """Write manifests/report/QC, print the summary; returns the exit code (0 or 1).
+
+    ``not_used``: files the search saw but did not use, with reasons (in report.json).
+    """
     out = segments.finalize_outputs(args.dest, segments_root, results, run_params,
-                                    args.valid_percent, args.seed, qc=not args.no_qc)
+                                    args.valid_percent, args.seed, qc=not args.no_qc,
+                                    not_used=not_used)
     s = segments.summarize(results)
     n_train, n_valid = len(out["splits"]["train"]), len(out["splits"]["valid"])
     print(f"{s['recordings']} recording(s): {s['ok']} ok, {s['skipped']} already done, "
           f"{s['failed']} failed; {s['segments_written']} segments "
           f"({s['seconds_kept']:.1f} s; train {n_train}, valid {n_valid}); "
-          f"dropped {s['segments_dropped'] or 0}; {elapsed:.1f} s")
+          f"dropped {s['segments_dropped'] or 0}; {len(not_used)} file(s) not used; "
+          f"{elapsed:.1f} s")
     for r in results:
         if r.status == "failed":
             print(f"  FAILED {r.recording_id}: {r.reason}")

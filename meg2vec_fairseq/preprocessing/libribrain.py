@@ -40,6 +40,20 @@ RunKey = Tuple[str, str, str, str]
 #: LibriBrain is recorded on a 306-channel MEGIN system (pnpl's ``n_channels``).
 N_CHANNELS = 306
 
+#: Largest physically plausible |sample| (T or T/m; LibriBrain's HDF5 data are in SI
+#: units). Brain signals are ~1e-13..1e-11 and the largest interference MEG sensors report
+#: ~1e-9..1e-8, so anything above is corrupt (a flipped float exponent bit gives ~1e27):
+#: such time samples are left out of the statistics and their segments are dropped
+#: (``"implausible_amplitude"`` in the report). One bound for all 306 channels (the data
+#: carry no channel types): the planar-gradiometer one of the ``raw`` input.
+MAX_ABS = 1e-4
+
+#: A standardised channel counts as constant in a segment below this std (or when its
+#: values are all equal) ...
+_CONSTANT_STD = 1e-3
+#: ... and that is an error unless its input there is also this quiet (in stds).
+_QUIET_INPUT = 1e-2
+
 #: File written beside the manifests with the transform applied to every segment.
 STATS_FILENAME = "channel_stats.npz"
 
@@ -622,8 +636,16 @@ def run_statistics(
             return cached
     stats = RunningStats()
     for chunk in iter_run_chunks(resolver, run_key, chunk_samples):
-        stats.update(chunk)
+        implausible = _implausible_samples(chunk)
+        stats.update(chunk[:, ~implausible] if implausible.any() else chunk)
     return stats
+
+
+def _implausible_samples(chunk: np.ndarray) -> np.ndarray:
+    """Time samples where some channel exceeds :data:`MAX_ABS` (NaN is not counted:
+    NaN in training runs is reported as non-finite statistics)."""
+    with np.errstate(invalid="ignore"):
+        return (np.abs(chunk) > MAX_ABS).any(axis=0)
 
 
 def _cached_run_stats(resolver, run_key: RunKey) -> Optional[RunningStats]:
@@ -872,11 +894,24 @@ def _segment_worker(task: seg.RecordingTask) -> seg.RecordingResult:
     )
     resolver = make_resolver(o["data_path"], o["dataset"], o["preprocessing_str"], False)
     sfreq = o["sfreq"]
-    counters = {"clipped": 0, "values": 0}
+    counters = {"clipped": 0, "values": 0, "implausible": 0}
     qc: Dict[str, dict] = {}
+    # Spans are added while streaming, always before the chunk holding them is cut.
+    segmenter = seg.Segmenter(o["segment_samples"], bad_spans={"implausible_amplitude": []})
+    amp_spans: List[Tuple[int, int]] = []
 
     def chunks() -> Iterator[np.ndarray]:
+        pos = 0
         for raw in iter_run_chunks(resolver, key, o["chunk_samples"]):
+            implausible = _implausible_samples(raw)
+            if implausible.any():
+                counters["implausible"] += int(implausible.sum())
+                amp_spans.extend((pos + a, pos + b) for a, b in _true_runs(implausible))
+                segmenter.bad_spans["implausible_amplitude"] = np.asarray(
+                    amp_spans, dtype=np.int64).reshape(-1, 2)
+                raw = raw.copy()
+                raw[:, implausible] = transform.means[:, None]  # z = 0, never written
+            pos += raw.shape[1]
             if not qc:  # spectra of the first chunk (<= chunk seconds) for qc.png
                 qc["before"] = seg.qc_spectrum(raw, sfreq)
             if transform.clip is None:
@@ -887,8 +922,9 @@ def _segment_worker(task: seg.RecordingTask) -> seg.RecordingResult:
                 qc["after"] = seg.qc_spectrum(out, sfreq)
             yield out
 
-    segmenter = seg.Segmenter(o["segment_samples"])
-    rows = seg.write_segments(segmenter.segments(chunks()), root, task.recording_id,
+    checked = _check_not_constant(segmenter.segments(chunks()), transform, task.source,
+                                  format_run_key(key))
+    rows = seg.write_segments(checked, root, task.recording_id,
                               dtype=o["dtype"], fsync=o["fsync"])
     n_times = o["n_times"]
     result = seg.RecordingResult(
@@ -904,10 +940,52 @@ def _segment_worker(task: seg.RecordingTask) -> seg.RecordingResult:
             "standardize": o["standardize"], "clip": o["clip"],
             "clipped_fraction": (counters["clipped"] / counters["values"]
                                  if counters["values"] else 0.0),
+            "implausible_samples": counters["implausible"],
         },
     )
     seg.write_done_marker(root, result, o["fingerprint"])
     return result
+
+
+def _true_runs(mask: np.ndarray) -> List[Tuple[int, int]]:
+    """Half-open ``[start, stop)`` runs of True in a 1-D boolean mask."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def _check_not_constant(segments: Iterator[seg.Segment], transform: ChannelStats,
+                        path: str, run: str) -> Iterator[seg.Segment]:
+    """Pass segments through; raise if a live input channel became constant in one.
+
+    Standardise-then-clip can flatten a channel when the statistics are far off (e.g. a
+    mean or std computed over corrupt samples) or the clip saturates; such a segment is
+    never written. A channel that looks constant in the output (all values equal, or,
+    when standardising, std below :data:`_CONSTANT_STD`) is checked against the input
+    over the same span (read again, only then): the run fails unless the input there is
+    constant too, or, standardised, below :data:`_QUIET_INPUT`.
+    """
+    import h5py
+
+    for s in segments:
+        out = s.data
+        low = out.max(axis=1) == out.min(axis=1)
+        if transform.standardize:
+            low |= out.std(axis=1) < _CONSTANT_STD
+        low = np.flatnonzero(low)
+        if len(low):
+            with h5py.File(path, "r") as f:
+                x = np.asarray(f["data"][:, s.start:s.start + out.shape[1]],
+                               dtype=np.float64)[low]
+            live = x.max(axis=1) > x.min(axis=1)
+            if transform.standardize:
+                live &= x.std(axis=1) / transform.stds[low] > _QUIET_INPUT
+            if live.any():
+                raise LibriBrainError(
+                    f"run {run} ({path}): channel(s) {low[live][:5].tolist()} would be "
+                    f"constant in segment {s.index} although the input there is not (the "
+                    "statistics do not fit this run, or corrupt samples?); refusing to "
+                    "write such segments")
+        yield s
 
 
 def _apply_counting(transform: ChannelStats, raw: np.ndarray, counters: dict) -> np.ndarray:

@@ -5,7 +5,8 @@ The MNE-specific half of ``tools/make_manifest.py raw|bids`` (the input-agnostic
 
 * discovery: :func:`discover_recordings` (files/folders under roots; ``.fif``, CTF
   ``.ds``, KIT ``.sqd``/``.con``, BTi/4D ``c,rf*``) and :func:`discover_bids` (mne-bids,
-  datatype ``meg``),
+  datatype ``meg``); split FIF parts are found by content (:func:`split_continuations`)
+  and every file not used is reported with its reason,
 * channel selection: :func:`select_channels` (MEG mags and grads only; reference sensors
   and ``info['bads']`` excluded; padded with zeros or truncated to ``n_channels``),
 * streaming DSP, plain NumPy/SciPy and reusable by other inputs:
@@ -19,7 +20,10 @@ Preprocessing of one recording (:class:`PreprocessParams`)
    ``preload``; the next chunk is read in a thread meanwhile); subtract each channel's
    mean over the first second (only reduces edge transients: the band-pass removes any
    constant) and round to float32, the precision MEG files are stored in.
-2. NaN samples are replaced by 0 and their span (plus a margin) marked bad.
+2. NaN samples and physically implausible ones (``|x|`` above
+   ``max_abs_mag``/``max_abs_grad`` as read, i.e. corrupt) are replaced by 0 and their
+   span (plus a margin) marked bad. A FIF file MNE stops reading well before its end
+   fails (:func:`_check_fif_complete`).
 3. Resample to ``sfreq`` with a polyphase FIR (exactly ``scipy.signal.resample_poly``
    with the short anti-alias filter of :func:`design_resampling_filter`: flat to
    ``h_freq``, -60 dB from ``sfreq - h_freq``), carrying the input overlap across chunk
@@ -28,13 +32,16 @@ Preprocessing of one recording (:class:`PreprocessParams`)
    (:func:`design_bandpass`: high-pass order 4, low-pass order 8, as second-order
    sections), filter state carried across chunk borders and initialised to the steady
    state of the first sample.
-5. The result is written to a float32 temp file while per-channel sums are accumulated
-   over samples outside bad spans (pass 1). Pass 2 reads it back a block at a time and
-   z-scores each channel with those statistics; flat channels (standard deviation of the
-   resampled, not yet band-passed signal outside bad spans below ``flat_ratio`` times
-   the median of the channels of the same type) are zeroed.
+5. The result is written to a float32 temp file while per-channel moments are
+   accumulated over samples outside bad spans, trimmed of outlier 1-s blocks
+   (:class:`TrimmedMoments`; pass 1). Pass 2 reads it back a block at a time and
+   z-scores each channel with those statistics; flat channels (trimmed standard
+   deviation of the resampled, not yet band-passed signal outside bad spans below
+   ``flat_ratio`` times the median of the channels of the same type) are zeroed.
 6. Consecutive non-overlapping segments; those overlapping ``BAD_ACQ_SKIP``, other
-   ``BAD*`` annotations or NaN spans are dropped and counted.
+   ``BAD*`` annotations, NaN or implausible-amplitude spans are dropped and counted. A
+   segment in which a live channel became constant fails the recording
+   (:func:`_check_not_constant`).
 
 Streaming steps 3-4 give the same numbers as running ``resample_poly`` and ``sosfilt``
 over the whole recording at once (the tests check this to float32 precision); memory is
@@ -49,7 +56,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
@@ -61,6 +68,7 @@ from .segments import (
     InputError,
     RecordingResult,
     RecordingTask,
+    Segment,
     Segmenter,
     load_done_marker,
     make_recording_ids,
@@ -77,6 +85,7 @@ __all__ = [
     "RecordingError",
     "StreamingResampler",
     "StreamingSOSFilter",
+    "TrimmedMoments",
     "design_bandpass",
     "design_resampling_filter",
     "discover_bids",
@@ -86,6 +95,7 @@ __all__ = [
     "process_recording",
     "rate_ratio",
     "select_channels",
+    "split_continuations",
 ]
 
 #: Default discovery patterns (matched against file/folder names, recursively).
@@ -94,9 +104,10 @@ DEFAULT_PATTERNS = ("*.fif", "*.fif.gz", "*.ds", "*.sqd", "*.con", "c,rf*")
 _NOT_RAW = re.compile(
     r"(-|_)(epo|ave|cov|fwd|inv|trans|ica|sol|proj|annot|bem|src|dip|morph|tfr|eve|"
     r"coh|csd|dense|head|fine-cal|ct_sparse)\.fif(\.gz)?$", re.IGNORECASE)
-# Continuation parts of split FIF files: read through their first part.
-_SPLIT_PART = re.compile(r"(-\d+\.fif(\.gz)?$)|(_split-(0[2-9]|[1-9]\d)_)", re.IGNORECASE)
-_PIPELINE_VERSION = "recordings-v1"
+# Names MNE gives split continuation parts; only orders the header reads of
+# split_continuations (whether a file is a part is read from the files themselves).
+_NUMBERED_PART = re.compile(r"(-\d+\.fif(\.gz)?$)|(_split-\d+_)", re.IGNORECASE)
+_PIPELINE_VERSION = "recordings-v2"  # v2: implausible amplitudes, trimmed statistics
 
 
 class RecordingError(InputError):
@@ -125,8 +136,16 @@ class PreprocessParams:
     chunk_seconds : float
         Input read per step (memory/speed trade-off; does not change the result).
     flat_ratio : float
-        A channel whose filtered standard deviation is below this fraction of the
-        median over channels of its type is flat.
+        A channel whose standard deviation (resampled, not band-passed; robust, see
+        :class:`TrimmedMoments`) is below this fraction of the median over channels of
+        its type is flat.
+    max_abs_mag, max_abs_grad : float
+        Largest physically plausible absolute value of a magnetometer (T) and a planar
+        gradiometer (T/m) sample as read. MEG signals are ~1e-13..1e-11 T and the
+        largest interference SQUID/OPM sensors report is ~1e-9..1e-8 T, so 1e-6 T (and
+        1e-6 T over a 1 cm baseline, 1e-4 T/m) is ~100x beyond anything real; above
+        it a sample is corrupt (a flipped float exponent bit gives ~1e27) and its span
+        is dropped like a NaN span (``"implausible_amplitude"`` in the report).
     qc_seconds : float
         Input/output duration used for the ``qc.png`` spectra.
     fsync : bool
@@ -143,6 +162,8 @@ class PreprocessParams:
     h_order: int = 8
     chunk_seconds: float = 10.0
     flat_ratio: float = 1e-4
+    max_abs_mag: float = 1e-6
+    max_abs_grad: float = 1e-4
     qc_seconds: float = 20.0
     fsync: bool = True
 
@@ -324,6 +345,105 @@ class StreamingSOSFilter:
         return y
 
 
+class TrimmedMoments:
+    """Streamed per-channel mean and std that ignore short stretches of extreme variance.
+
+    One corrupt or extreme stretch (a sensor jump, a few bad samples the amplitude check
+    let through) must not set a channel's scale: with plain moments its huge variance
+    would shrink the channel to a constant after z-scoring, and a healthy channel could
+    look flat next to it. The samples are cut into consecutive blocks of ``block``
+    samples (by position, so chunk sizes do not change the result); per block and
+    channel the variance ``v`` is binned by its power of two (``np.frexp(v)[1]``, zero
+    variance in a bin of its own), and per bin the sample count, sum and sum of squares
+    are accumulated. :meth:`finish` finds each channel's median block variance bin and
+    leaves out the bins :data:`OUTLIER_LOG2` or more powers of two above it (block
+    variance ~64-256x, std ~8-16x the median block's); mean and std come from the rest.
+    Data without such blocks gives exactly the plain mean and std; a channel constant in
+    most blocks gets std 0 (flat). Only blocks with at least half of ``block`` good
+    samples vote for the median (a short block's variance is noisy); all are binned.
+
+    Memory is one ``(4, channels)`` array per occupied bin (a few tens for real data),
+    independent of the recording's length; the cost is one pass with a sum and a dot
+    product per block, as for plain moments. (Exact medians/MADs would need the whole
+    recording; per-chunk medians would depend on the chunking.)
+
+    Parameters
+    ----------
+    n_channels : int
+        Rows of the chunks given to :meth:`add`.
+    block : int
+        Samples per block (1 s of the signal is a good choice).
+    """
+
+    #: Bins this many powers of two above the median block variance bin are left out.
+    OUTLIER_LOG2 = 7
+    _ZERO_BIN = -(1 << 20)  # zero variance: below every frexp exponent
+
+    def __init__(self, n_channels: int, block: int):
+        self.n_channels, self.block = int(n_channels), max(int(block), 1)
+        self._bins: dict[int, np.ndarray] = {}  # exponent -> (votes, n, s1, s2) x channels
+        self._part = np.zeros((2, self.n_channels))  # s1, s2 of the open block
+        self._part_n = 0
+        self._pos = 0
+        self.count = 0  # good samples seen
+        self.excluded = np.zeros(self.n_channels, dtype=np.int64)  # set by finish()
+
+    def add(self, x: np.ndarray, good: Optional[np.ndarray] = None) -> None:
+        """Add a ``(channels, n)`` chunk; ``good`` (``n`` bools) marks the samples to use."""
+        n = x.shape[1]
+        cut = (-self._pos) % self.block  # where the next block starts in this chunk
+        edges = [0] + list(range(cut or self.block, n, self.block)) + [n]
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b <= a:
+                continue
+            xp = x[:, a:b] if good is None else x[:, a:b][:, good[a:b]]
+            if xp.shape[1]:
+                self._part[0] += xp.sum(axis=1)
+                self._part[1] += np.einsum("ij,ij->i", xp, xp)
+                self._part_n += xp.shape[1]
+                self.count += xp.shape[1]
+            if (self._pos + b) % self.block == 0:
+                self._close_block()
+        self._pos += n
+
+    def _close_block(self) -> None:
+        n = self._part_n
+        if n:
+            s1, s2 = self._part
+            v = s2 / n - (s1 / n) ** 2
+            exp = np.where(v > 0, np.frexp(np.maximum(v, 0.0))[1], self._ZERO_BIN)
+            vote = float(2 * n >= self.block)
+            for e in np.unique(exp).tolist():
+                m = exp == e
+                acc = self._bins.setdefault(e, np.zeros((4, self.n_channels)))
+                acc[0, m] += vote
+                acc[1, m] += n
+                acc[2, m] += s1[m]
+                acc[3, m] += s2[m]
+        self._part = np.zeros((2, self.n_channels))
+        self._part_n = 0
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Close the last block; return per-channel ``(mean, std)`` (0 where no sample).
+
+        Also sets :attr:`excluded`: per channel, the samples left out as outliers.
+        """
+        self._close_block()
+        if not self._bins:
+            return np.zeros(self.n_channels), np.zeros(self.n_channels)
+        keys = np.array(sorted(self._bins))
+        acc = np.stack([self._bins[k] for k in keys.tolist()])  # (bins, 4, channels)
+        votes = np.cumsum(acc[:, 0], axis=0)
+        # Median bin: the first whose cumulative votes reach half (no votes: keep all).
+        med = keys[np.argmax(votes >= votes[-1] / 2, axis=0)]
+        keep = (keys[:, None] < med[None, :] + self.OUTLIER_LOG2) | (votes[-1] == 0)
+        n, s1, s2 = ((acc[:, i] * keep).sum(axis=0) for i in (1, 2, 3))
+        self.excluded = (acc[:, 1].sum(axis=0) - n).astype(np.int64)
+        safe = np.maximum(n, 1)
+        mean = s1 / safe
+        return mean, np.sqrt(np.maximum(s2 / safe - mean ** 2, 0.0))
+
+
 def design_bandpass(l_freq: float, h_freq: float, sfreq: float, l_order: int = 4,
                     h_order: int = 8) -> Optional[np.ndarray]:
     """Butterworth high-pass (``l_order``) cascaded with low-pass (``h_order``) as SOS.
@@ -386,7 +506,8 @@ def _matches(path: Path, patterns: Sequence[str]) -> bool:
 
 
 def discover_recordings(roots: Sequence[str | os.PathLike],
-                        patterns: Optional[Sequence[str]] = None
+                        patterns: Optional[Sequence[str]] = None,
+                        not_used: Optional[list[dict[str, str]]] = None
                         ) -> tuple[list[tuple[Path, Path]], list[RecordingResult]]:
     """Find recordings under ``roots``.
 
@@ -397,8 +518,14 @@ def discover_recordings(roots: Sequence[str | os.PathLike],
         ``.ds`` folder).
     patterns : sequence of str, optional
         Glob patterns for names (``--pattern``); default :data:`DEFAULT_PATTERNS`.
-        Derived FIF files (``-epo.fif``, ``-cov.fif``, ...) and continuation parts of
-        split FIF files are skipped; nothing is looked for inside ``.ds`` folders.
+        Nothing is looked for inside ``.ds`` folders.
+    not_used : list, optional
+        If given, one ``{"path": ..., "reason": ...}`` is appended for every file seen
+        under a directory root and not used as a recording: names matching no pattern,
+        derived FIF files (``-epo.fif``, ``-cov.fif``, ...) that MNE cannot open as raw
+        data (a file named as a ROOT is always tried), and continuation parts of split
+        FIF recordings (see
+        :func:`split_continuations`; recognised by content, never by name).
 
     Returns
     -------
@@ -409,7 +536,10 @@ def discover_recordings(roots: Sequence[str | os.PathLike],
     """
     patterns = tuple(patterns or DEFAULT_PATTERNS)
     found: dict[Path, Path] = {}
+    walked: set[Path] = set()  # found by searching a directory (not named explicitly)
     problems = []
+    skipped: list[dict[str, str]] = []
+    no_match = f"name matches none of the patterns {', '.join(patterns)}"
     for root in map(Path, roots):
         if not root.exists():
             problems.append(RecordingResult.failed(
@@ -426,9 +556,14 @@ def discover_recordings(roots: Sequence[str | os.PathLike],
                     dirnames.remove(d)  # a CTF dataset is one recording
                     if _matches(here / d, patterns):
                         hits.append(here / d)
+                    else:
+                        skipped.append({"path": str(here / d), "reason": no_match})
             dirnames.sort()
-            hits += [here / f for f in filenames if _matches(here / f, patterns)]
-        hits = [h for h in hits if not (_NOT_RAW.search(h.name) or _SPLIT_PART.search(h.name))]
+            for f in sorted(filenames):
+                if _matches(here / f, patterns):
+                    hits.append(here / f)
+                else:
+                    skipped.append({"path": str(here / f), "reason": no_match})
         if not hits:
             problems.append(RecordingResult.failed(
                 _problem_id(root), str(root),
@@ -436,8 +571,80 @@ def discover_recordings(roots: Sequence[str | os.PathLike],
                 f"{', '.join(patterns)})"))
         for h in hits:
             found.setdefault(h.resolve(), root)
+            walked.add(h.resolve())
+    # A derived-looking file named explicitly as a ROOT is processed (and fails loudly).
+    derived = {p: _derived_reason(p) for p in found if p in walked and _NOT_RAW.search(p.name)}
+    for p, reason in derived.items():
+        if reason is not None:  # MNE cannot read it as raw data: not a recording
+            del found[p]
+            skipped.append({"path": str(p), "reason": reason})
+    for p, reason in split_continuations(list(found)).items():
+        del found[p]
+        skipped.append({"path": str(p), "reason": reason})
+    if not_used is not None:
+        not_used.extend(sorted(skipped, key=lambda d: d["path"]))
     ordered = sorted(found.items(), key=lambda kv: str(kv[0]))
     return [(p, r) for p, r in ordered], problems
+
+
+def _derived_reason(path: Path) -> Optional[str]:
+    """Why a file named like a derived FIF file is not a recording (None: it is one).
+
+    The name (``-epo.fif``, ``_cov.fif``, ...) is only a hint: a file MNE opens as raw
+    data is a recording whatever its name (e.g. ``sub-01_task-head.fif``).
+    """
+    import mne
+
+    try:
+        mne.io.read_raw_fif(path, preload=False, on_split_missing="ignore",
+                            verbose="error")
+    except Exception as err:
+        kind = _NOT_RAW.search(path.name).group(2)
+        return (f"derived FIF file ('{kind}' in the name) without raw data "
+                f"({type(err).__name__}: {err})")
+    return None
+
+
+def split_continuations(paths: Sequence[Path]) -> dict[Path, str]:
+    """Continuation parts of split FIF recordings among ``paths``, with the reason.
+
+    MNE writes a long FIF recording as parts (``x_raw.fif``, ``x_raw-1.fif``, ... or
+    BIDS ``_split-01``, ``_split-02``) and reads them all through the first part, which
+    names the next one in a ``FIFF_REF_FILE_NAME`` tag (``raw.filenames`` lists the
+    chain). A file is a continuation only when another file of ``paths`` continues
+    into it, never because of its name: ``sub-01.fif`` or ``meg-12.fif`` are ordinary
+    recordings. Every ``.fif``/``.fif.gz`` is opened header-only (no samples read);
+    files MNE cannot open stay recordings (and fail later with the reason).
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Resolved candidate recordings.
+
+    Returns
+    -------
+    dict
+        Continuation part -> reason naming the file it is read through.
+    """
+    import mne
+
+    fifs = [p for p in paths if p.name.lower().endswith((".fif", ".fif.gz"))]
+    continued: dict[Path, str] = {}
+    # Open likely first parts first so that their parts need not be opened at all
+    # (only a speed-up: the result does not depend on the order).
+    for p in sorted(fifs, key=lambda q: (_NUMBERED_PART.search(q.name) is not None, q)):
+        if p in continued:
+            continue
+        try:
+            raw = mne.io.read_raw_fif(p, preload=False, on_split_missing="ignore",
+                                      verbose="error")
+        except Exception:
+            continue
+        for part in (Path(f).resolve() for f in raw.filenames[1:]):
+            continued.setdefault(part, f"continuation part of split recording {p} "
+                                       f"(read through it)")
+    members = set(fifs)
+    return {p: why for p, why in continued.items() if p in members}
 
 
 def _problem_id(root: Path) -> str:
@@ -447,7 +654,8 @@ def _problem_id(root: Path) -> str:
 def discover_bids(bids_root: str | os.PathLike, subjects: Optional[Sequence[str]] = None,
                   sessions: Optional[Sequence[str]] = None,
                   tasks: Optional[Sequence[str]] = None,
-                  runs: Optional[Sequence[str]] = None
+                  runs: Optional[Sequence[str]] = None,
+                  not_used: Optional[list[dict[str, str]]] = None
                   ) -> tuple[list[tuple[Path, Path]], list[RecordingResult]]:
     """Find the MEG recordings of a BIDS dataset with mne-bids.
 
@@ -457,6 +665,9 @@ def discover_bids(bids_root: str | os.PathLike, subjects: Optional[Sequence[str]
         BIDS dataset root.
     subjects, sessions, tasks, runs : sequence of str, optional
         Keep only these entities (labels without the ``sub-``/``ses-``/... prefix).
+    not_used : list, optional
+        As in :func:`discover_recordings`: the matching BIDS files that are not
+        recordings (sidecars, continuation parts of split recordings), with reasons.
 
     Returns
     -------
@@ -475,14 +686,23 @@ def discover_bids(bids_root: str | os.PathLike, subjects: Optional[Sequence[str]
         bids_root, subjects=subjects, sessions=sessions, tasks=tasks, runs=runs,
         datatypes="meg", suffixes="meg", extensions=None)
     found = {}
+    skipped = []
     for bp in paths:
         fpath = Path(bp.fpath)
-        if _SPLIT_PART.search(fpath.name) or not fpath.exists():
+        if not fpath.exists():
             continue
         # FIF, CTF .ds, KIT, FIL/Artemis .bin files; BTi/4D data is a folder of c,rf* files.
         if fpath.suffix.lower() in _BIDS_MEG_EXTENSIONS or (
                 fpath.is_dir() and _bti_file(fpath) is not None):
             found.setdefault(fpath.resolve(), bids_root)
+        else:
+            skipped.append({"path": str(fpath), "reason": f"not MEG data (BIDS file with "
+                                                         f"extension {fpath.suffix!r})"})
+    for p, reason in split_continuations(list(found)).items():
+        del found[p]
+        skipped.append({"path": str(p), "reason": reason})
+    if not_used is not None:
+        not_used.extend(sorted(skipped, key=lambda d: d["path"]))
     if not found:
         return [], [RecordingResult.failed(
             _problem_id(bids_root), str(bids_root),
@@ -529,6 +749,36 @@ def open_raw(path: str | os.PathLike):
     except Exception as err:
         raise RecordingError(f"{path}: cannot read recording (truncated or corrupt file?): "
                              f"{type(err).__name__}: {err}") from err
+
+
+#: Bytes a FIF file may hold after its last data buffer (end tags, next-file reference,
+#: tag directory of a long recording) before the data are taken as cut short.
+_FIF_TAIL_SLACK = 1 << 16
+
+
+def _check_fif_complete(raw, path: str) -> None:
+    """Fail when MNE's reading of a FIF file stops well before the file ends.
+
+    A damaged tag header inside the data makes MNE end the recording there without a
+    word (random bytes halfway through a file give half the recording). After the last
+    data buffer a FIF file holds only end tags and small blocks, so more than
+    ``max(64 KiB, 1 %)`` of the file past it means the rest was not read.
+    """
+    for extra in getattr(raw, "_raw_extras", []):  # one per split part; FIF only
+        if not isinstance(extra, dict) or not extra.get("ent") or not extra.get("filename"):
+            continue
+        fname = extra["filename"]
+        ends = [e.pos + 16 + e.size for e in extra["ent"] if e is not None]  # None: skip
+        try:
+            size = os.path.getsize(fname)
+        except OSError:
+            continue
+        end = max(ends, default=size)
+        if size - end > max(_FIF_TAIL_SLACK, size // 100):
+            raise RecordingError(
+                f"{path}: MNE reads data only up to byte {end} of {size} in {fname} "
+                f"({raw.n_times / raw.info['sfreq']:.1f} s); the rest is unreadable "
+                f"(damaged tag structure: truncated or corrupt file?)")
 
 
 def _system(raw, picks: Sequence[int]) -> str:
@@ -677,26 +927,48 @@ def _prefetched(raw, picks: Sequence[int], starts: Sequence[int], chunk: int
 def _stream_filtered(raw, picks: Sequence[int], params: PreprocessParams,
                      resampler: StreamingResampler, bandpass: StreamingSOSFilter,
                      nan_spans: list[tuple[int, int]], ratio: float, margin: int,
-                     qc_in: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     qc_in: list, limits: Optional[np.ndarray] = None,
+                     amp_spans: Optional[list[tuple[int, int]]] = None,
+                     amp_counts: Optional[np.ndarray] = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pass 1 generator: ``(resampled, band-passed)`` chunks at the output rate.
 
     The input is offset-corrected and rounded to float32 (the precision MEG files are
     stored in) in one pass, then resampled in float64. Also records NaN spans (output
     samples, widened by ``margin``) in ``nan_spans`` and the first ``params.qc_seconds``
-    of input in ``qc_in``.
+    of input in ``qc_in``. Samples whose absolute value as read exceeds their channel's
+    ``limits`` (physically implausible, see :class:`PreprocessParams`) are handled like
+    NaN: set to the offset, their span recorded in ``amp_spans`` and counted per channel
+    in ``amp_counts``.
     """
     sf_in = raw.info["sfreq"]
     n_in = raw.n_times
     chunk = max(int(params.chunk_seconds * sf_in), 1)
+    lim = (np.full(len(picks), np.inf) if limits is None else np.asarray(limits))[:, None]
     head = _read(raw, picks, 0, min(n_in, max(int(round(sf_in)), 1)))
     with np.errstate(all="ignore"):
+        # Implausible values must not shift the offset of the whole recording.
+        head = np.where(np.abs(head) <= lim, head, np.nan)
         offset = np.nan_to_num(np.nanmean(head, axis=1))[:, None]
     qc_need = int(params.qc_seconds * sf_in)
     for start, x64 in _prefetched(raw, picks, range(0, n_in, chunk), chunk):
+        # Cheap test first (NaN fails the comparison); bad samples are rare.
+        ok = bool((np.maximum(x64.max(axis=1), -x64.min(axis=1)) <= lim[:, 0]).all())
+        if not ok:
+            with np.errstate(invalid="ignore"):
+                implausible = np.abs(x64) > lim
+            for a, b in _runs(implausible.any(axis=0)):
+                if amp_spans is not None:
+                    amp_spans.append((int(math.floor((start + a) * ratio)) - margin,
+                                      int(math.ceil((start + b) * ratio)) + margin))
+            if amp_counts is not None:
+                amp_counts += implausible.sum(axis=1)
         x = np.empty(x64.shape, dtype=np.float32)
-        np.subtract(x64, offset, out=x, casting="same_kind")
+        with np.errstate(over="ignore"):  # beyond float32: inf, a NaN span below
+            np.subtract(x64, offset, out=x, casting="same_kind")
         del x64
-        if not np.isfinite(x.sum(axis=0)).all():  # cheap test first; NaNs are rare
+        if not ok:
+            x[implausible] = 0.0
             bad = ~np.isfinite(x)
             for a, b in _runs(bad.any(axis=0)):
                 nan_spans.append((int(math.floor((start + a) * ratio)) - margin,
@@ -728,6 +1000,7 @@ def process_recording(task: RecordingTask) -> RecordingResult:
     t0 = time.perf_counter()
     path = task.source
     raw = open_raw(path)
+    _check_fif_complete(raw, path)
     sel = select_channels(raw.info, params.n_channels, path)
     picks = sel["picks"]
     sf_in = float(raw.info["sfreq"])
@@ -758,6 +1031,7 @@ def process_recording(task: RecordingTask) -> RecordingResult:
     spans = {k: _to_samples(v, sf_in * ratio, margin, n_out) for k, v in seconds.items()}
     nan_spans: list[tuple[int, int]] = []
     spans["nan"] = nan_spans  # filled while streaming, before the outputs it covers
+    spans["implausible_amplitude"] = []  # likewise
     bandpass = StreamingSOSFilter(design_bandpass(params.l_freq, params.h_freq,
                                                   params.sfreq, params.l_order,
                                                   params.h_order))
@@ -785,42 +1059,36 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
     L = params.segment_samples
     tmp_path = rec_dir / ".stream.f32.tmp"
     n_ch = len(picks)
-    s1 = np.zeros(n_ch)
-    s2 = np.zeros(n_ch)
-    count = 0
     pos = 0
     qc_in: list = []
-    in_stats = {"s1": np.zeros(n_ch), "s2": np.zeros(n_ch), "n": 0}
+    block = max(int(round(params.sfreq)), 1)  # 1-s blocks for the trimmed statistics
+    out_stats = TrimmedMoments(n_ch, block)  # band-passed: the z-score
+    in_stats = TrimmedMoments(n_ch, block)  # resampled, not band-passed: flatness
+    limits = np.array([params.max_abs_grad if t == "grad" else params.max_abs_mag
+                       for t in sel["types"]])
+    amp_counts = np.zeros(n_ch, dtype=np.int64)
     # Pass 1: stream -> float32 temp file (time-major), statistics over good samples.
     try:
         with open(tmp_path, "wb") as tmp:
             for r, y in _stream_filtered(raw, picks, params, resampler, bandpass, nan_spans,
-                                         ratio, margin, qc_in):
+                                         ratio, margin, qc_in, limits,
+                                         spans["implausible_amplitude"], amp_counts):
                 n = y.shape[1]
                 if n == 0:
                     continue
                 good = ~(_span_mask([s for v in spans.values() for s in v], pos, n))
-                every = good.all()
-                yg = y if every else y[:, good]
-                s1 += yg.sum(axis=1)
-                s2 += np.einsum("ij,ij->i", yg, yg)
-                count += int(good.sum())
+                good = None if good.all() else good
+                out_stats.add(y, good)
                 # Flatness is judged before the band-pass (no ringing at gaps; bad spans
                 # and their filter margins excluded).
-                rg = r if every else r[:, good]
-                in_stats["s1"] += rg.sum(axis=1)
-                in_stats["s2"] += np.einsum("ij,ij->i", rg, rg)
-                in_stats["n"] += rg.shape[1]
+                in_stats.add(r, good)
                 tmp.write(np.ascontiguousarray(y.T, dtype=np.float32).tobytes())
                 pos += n
-        if count < 2:
+        if out_stats.count < 2:
             raise RecordingError(f"{path}: no usable data (everything is inside BAD "
-                                 f"annotations or NaN)")
-        mean = s1 / count
-        std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
-        n_good_in = max(in_stats["n"], 1)
-        std_in = np.sqrt(np.maximum(in_stats["s2"] / n_good_in
-                                    - (in_stats["s1"] / n_good_in) ** 2, 0.0))
+                                 f"annotations, NaN or implausible-amplitude spans)")
+        mean, std = out_stats.finish()
+        std_in = in_stats.finish()[1]
         flat = _flat_channels(std_in, sel["types"], params.flat_ratio) | (std <= 0)
         scale = np.where(flat, 0.0, 1.0 / np.where(std > 0, std, 1.0))
         result.flat_channels = [sel["names"][i] for i in np.flatnonzero(flat)]
@@ -848,7 +1116,9 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
                             [z, np.zeros((params.n_channels - n_ch, z.shape[1]), z.dtype)])
                     yield z
 
-        rows = write_segments(segmenter.segments(normalized()), root, task.recording_id,
+        checked = _check_not_constant(segmenter.segments(normalized()), raw, picks, sel,
+                                      flat, std_in, 1 / ratio, path)
+        rows = write_segments(checked, root, task.recording_id,
                               dtype=params.dtype, fsync=params.fsync)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -869,11 +1139,57 @@ def _write_recording(raw, task: RecordingTask, params: PreprocessParams, sel: di
         "first_samp": int(raw.first_samp),
         "bad_spans_seconds": {k: round(sum(b - a for a, b in v) / params.sfreq, 3)
                               for k, v in spans.items()},
+        # Samples above max_abs_mag/max_abs_grad, per channel (their spans are dropped).
+        "implausible_samples": {sel["names"][i]: int(amp_counts[i])
+                                for i in np.flatnonzero(amp_counts)},
+        # Seconds left out of each channel's statistics as outlier blocks (TrimmedMoments).
+        "stats_outlier_seconds": {
+            sel["names"][i]: round(float(out_stats.excluded[i]) / params.sfreq, 3)
+            for i in np.flatnonzero(out_stats.excluded)},
     }
     if not rows:
         raise RecordingError(f"{path}: no segment left after dropping bad spans "
                              f"({result.segments_dropped})")
     return result
+
+
+#: A channel's z-scored output counts as constant in a segment below this std.
+_CONSTANT_STD = 1e-3
+#: ... unless its input there is also this quiet (relative to its typical std).
+_QUIET_INPUT = 1e-2
+
+
+def _check_not_constant(segments: Iterable[Segment], raw, picks: Sequence[int], sel: dict,
+                        flat: np.ndarray, std_in: np.ndarray, in_per_out: float,
+                        path: str) -> Iterator[Segment]:
+    """Pass segments through; raise if a used channel became constant in one.
+
+    Robust statistics and the amplitude check should make this impossible; it is the
+    last line of defence against writing a segment in which a live input channel was
+    flattened (e.g. scaled by a std that corrupt samples blew up). A channel whose
+    z-scored output has std below :data:`_CONSTANT_STD` in a segment is checked against
+    its input over the same span (read again, only then): if the input's std there is
+    above :data:`_QUIET_INPUT` x its typical std, the recording fails.
+    """
+    n_ch = len(picks)
+    live = ~np.asarray(flat)
+    for seg in segments:
+        low = np.flatnonzero(live & (seg.data[:n_ch].std(axis=1) < _CONSTANT_STD))
+        if len(low):
+            a = int(math.floor(seg.start * in_per_out))
+            b = min(int(math.ceil((seg.start + seg.data.shape[1]) * in_per_out)),
+                    raw.n_times)
+            x = _read(raw, [picks[i] for i in low], a, max(b, a + 1))
+            rel = x.std(axis=1) / np.where(std_in[low] > 0, std_in[low], np.inf)
+            bad = low[rel > _QUIET_INPUT]
+            if len(bad):
+                sf = raw.info["sfreq"]
+                raise RecordingError(
+                    f"{path}: channel(s) {', '.join(sel['names'][i] for i in bad[:5])} "
+                    f"would be constant in segment {seg.index} ({a / sf:.2f}-{b / sf:.2f} s)"
+                    f" although the input there is not (extreme or corrupt samples?); "
+                    f"refusing to write such segments")
+        yield seg
 
 
 def _flat_channels(std: np.ndarray, types: Sequence[str], ratio: float) -> np.ndarray:

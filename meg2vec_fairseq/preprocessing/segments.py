@@ -1027,12 +1027,14 @@ def summarize(results: Sequence[RecordingResult]) -> dict[str, Any]:
 
 
 def write_report(path: str | os.PathLike, results: Sequence[RecordingResult],
-                 params: Mapping[str, Any], splits: Optional[Mapping[str, Sequence]] = None
-                 ) -> Path:
+                 params: Mapping[str, Any], splits: Optional[Mapping[str, Sequence]] = None,
+                 not_used: Sequence[Mapping[str, str]] = ()) -> Path:
     """Write ``report.json``: parameters, summary and one entry per input recording.
 
     Entries are sorted by ``recording_id``; segment lists are left out (they are in the
-    manifests and the done markers) and replaced by the recording's split.
+    manifests and the done markers) and replaced by the recording's split. ``not_used``
+    (``{"path", "reason"}`` per file the input search saw but did not use) becomes the
+    top-level ``"not_used"`` list, counted in ``summary["not_used"]``.
     """
     split_of: dict[str, str] = {}
     for name, rows in (splits or {}).items():
@@ -1047,8 +1049,9 @@ def write_report(path: str | os.PathLike, results: Sequence[RecordingResult],
         "version": _REPORT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "params": dict(params),
-        "summary": summarize(results),
+        "summary": {**summarize(results), "not_used": len(not_used)},
         "recordings": entries,
+        "not_used": [dict(d) for d in not_used],
     }
     path = Path(path)
     atomic_write_text(path, json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -1160,14 +1163,15 @@ def plot_qc(results: Sequence[RecordingResult], path: str | os.PathLike,
 def finalize_outputs(dest: str | os.PathLike, segments_root: str | os.PathLike,
                      results: Sequence[RecordingResult], params: Mapping[str, Any],
                      valid_percent: float, seed: int, qc: bool = True,
-                     splits: Optional[Mapping[str, Sequence[Sequence]]] = None
-                     ) -> dict[str, Any]:
+                     splits: Optional[Mapping[str, Sequence[Sequence]]] = None,
+                     not_used: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
     """Write, in this order, ``qc.png``, ``report.json``, ``train.tsv``/``valid.tsv``.
 
     Manifests come last so that their presence means the run finished. Stale temp files
     of an interrupted run are removed from ``dest`` first. ``splits`` (e.g. from
     :func:`fixed_splits`) replaces the random split by :func:`assign_splits`
-    (``valid_percent`` and ``seed`` are then unused).
+    (``valid_percent`` and ``seed`` are then unused). ``not_used`` goes to
+    ``report.json`` (see :func:`write_report`).
 
     Returns
     -------
@@ -1186,7 +1190,7 @@ def finalize_outputs(dest: str | os.PathLike, segments_root: str | os.PathLike,
             qc_path = plot_qc(results, dest / "qc.png")
         except Exception as err:  # a figure must never cost the manifests
             print(f"warning: qc.png not written: {err}")
-    report = write_report(dest / "report.json", results, params, splits)
+    report = write_report(dest / "report.json", results, params, splits, not_used)
     manifests = write_manifests(dest, segments_root, splits)
     return {"splits": splits, "manifests": manifests, "report": report, "qc": qc_path}
 
