@@ -218,6 +218,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-update", type=int, default=600,
                         help="updates per pre-training run (fixed budget; default 600)")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="wall-clock cap per pre-training run (fairseq's stop_time_hours), "
+                        "a safety net on a time-limited machine; runs that hit it stop early "
+                        "and their update count is in the table (default: none)")
+    parser.add_argument("--set", dest="common_overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="hydra override added to every variant (repeatable), e.g. "
+                        "--set dataset.num_workers=0")
     parser.add_argument("--parallel", type=int, default=4, help="processes at once")
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads per process")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -262,8 +270,9 @@ def main(argv=None) -> int:
             seed_dir = os.path.join(run_dir, f"seed-{seed}")
             runs.setdefault(name, {})[seed] = run_dir
             command = ps.pretrain_command(pretrain_dir, os.path.join(seed_dir, "checkpoints"),
-                                          args.config, 1e6, args.max_update, seed, overrides,
-                                          device)
+                                          args.config, args.budget_minutes or 1e6,
+                                          args.max_update, seed,
+                                          [*args.common_overrides, *overrides], device)
             pretrain_jobs.append({"name": f"pretrain {name} seed {seed}", "command": command,
                                   "log": os.path.join(seed_dir, "pretrain.log")})
             eval_jobs.append({
