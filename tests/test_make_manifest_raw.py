@@ -69,9 +69,15 @@ def test_segmenter_streams_drops_and_counts():
 def test_done_marker_roundtrip_and_invalidation(tmp_path):
     root = tmp_path / "segments"
     rec = prepare_recording_dir(root, "rec")
-    (rec / "junk.npy").write_bytes(b"partial")
-    rec = prepare_recording_dir(root, "rec")  # wipes leftovers of an interrupted run
-    assert list(rec.iterdir()) == []
+    (rec / "000000.npy").write_bytes(b"partial")  # leftovers of an interrupted run
+    (rec / ".000001.npy.123.tmp").write_bytes(b"partial")
+    rec = prepare_recording_dir(root, "rec")  # wipes them; only the owner marker stays
+    assert [p.name for p in rec.iterdir()] == [seg.OWNER_MARKER]
+    (rec / "junk.npy").write_bytes(b"user data")  # not the tool's: never deleted
+    with pytest.raises(seg.ForeignDirectoryError, match="junk.npy"):
+        prepare_recording_dir(root, "rec")
+    assert (rec / "junk.npy").read_bytes() == b"user data"
+    (rec / "junk.npy").unlink()
     segmenter = Segmenter(4)
     rows = write_segments(segmenter.segments([np.ones((2, 9))]), root, "rec", "float16")
     assert rows == [["rec/000000.npy", 4], ["rec/000001.npy", 4]]
