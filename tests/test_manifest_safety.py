@@ -150,6 +150,49 @@ def test_segments_dir_never_deletes_user_folders_or_files(tmp_path, small):
     assert manifest_problems(tmp_path / "out") == []
 
 
+
+def test_libribrain_overwrite_never_deletes_user_folders(tmp_path):
+    """``libribrain --overwrite`` forgets only the tool's own work on the selected runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from libribrain_fake import FIRST_TRAIN_KEY, OTHER_TRAIN_KEY, make_fake_libribrain
+
+    from meg2vec_fairseq.preprocessing.libribrain import run_key_name
+
+    data = tmp_path / "libribrain"
+    make_fake_libribrain(str(data), seconds=3.0)
+    segdir = tmp_path / "my_data"
+    # A user's own folder that happens to carry a selected run's id.
+    user_folder = segdir / run_key_name(OTHER_TRAIN_KEY)
+    user_folder.mkdir(parents=True)
+    (user_folder / "notes.txt").write_text("mine")
+    (user_folder / "000000.npy").write_bytes(b"not a segment of the tool")
+    cmd = [sys.executable, str(TOOL), "libribrain", str(data), "--dest", str(tmp_path / "out"),
+           "--segments-dir", str(segdir), "--train-run-keys", ",".join(FIRST_TRAIN_KEY),
+           ",".join(OTHER_TRAIN_KEY), "--segment-seconds", "1", "--no-progress", "--no-qc",
+           "--overwrite"]
+    out = run(cmd)
+    assert_no_traceback(out)
+    assert out.returncode == 1, out.stdout + out.stderr  # that run failed, the others not
+    assert f"refusing to delete {user_folder}: not created by make_manifest" in out.stdout
+    assert (user_folder / "notes.txt").read_text() == "mine"
+    assert (user_folder / "000000.npy").read_bytes() == b"not a segment of the tool"
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    status = {r["recording_id"]: r["status"] for r in rep["recordings"]}
+    assert status.pop(user_folder.name) == "failed"
+    assert set(status.values()) == {"ok"}
+    assert manifest_problems(tmp_path / "out") == []
+
+    # The tool's own folder: --overwrite clears its segments, never a user file inside.
+    own = segdir / run_key_name(FIRST_TRAIN_KEY)
+    (own / "my_annotations.csv").write_text("keep me")
+    out = run(cmd)
+    assert_no_traceback(out)
+    assert out.returncode == 1
+    assert f"refusing to clear {own}" in out.stdout and "my_annotations.csv" in out.stdout
+    assert (own / "my_annotations.csv").read_text() == "keep me"
+    assert (user_folder / "notes.txt").read_text() == "mine"
+    assert manifest_problems(tmp_path / "out") == []
+
 # -------------------------------------------- 4: no stale manifest after interruption
 def test_interrupted_rerun_with_other_options_leaves_no_stale_manifest(tmp_path, recordings):
     dest = tmp_path / "out"

@@ -24,7 +24,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -1056,7 +1055,9 @@ def make_libribrain_manifests(cfg: LibriBrainConfig,
     ids = {k: run_key_name(k) for k in split_of_key}
     if cfg.overwrite:  # forget earlier work on these runs (segments, markers, cached stats)
         for rid in ids.values():
-            shutil.rmtree(os.path.join(root, rid), ignore_errors=True)
+            # Only what make_manifest wrote: a folder that is not provably its own is left
+            # alone, and that run then fails naming it (prepare_recording_dir refuses it).
+            seg.remove_recording_dir(root, rid)
             _unlink(os.path.join(root, _STATS_CACHE, rid + ".json"))
 
     resolver = make_resolver(cfg.data_path, cfg.dataset, proc, cfg.download)

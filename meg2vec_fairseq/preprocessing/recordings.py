@@ -54,7 +54,6 @@ import dataclasses
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
@@ -75,6 +74,7 @@ from .segments import (
     params_fingerprint,
     prepare_recording_dir,
     qc_spectrum,
+    remove_recording_dir,
     write_done_marker,
     write_segments,
 )
@@ -1040,8 +1040,9 @@ def process_recording(task: RecordingTask) -> RecordingResult:
         result = _write_recording(raw, task, params, sel, result, resampler, bandpass,
                                   spans, nan_spans, margin, rec_dir)
     except BaseException:
-        # A failed recording leaves nothing behind (no marker, no partial segments).
-        shutil.rmtree(rec_dir, ignore_errors=True)
+        # A failed recording leaves nothing of the tool's behind (no marker, no partial
+        # segments); only files make_manifest wrote are removed, never anything else.
+        remove_recording_dir(root, task.recording_id)
         raise
     result.elapsed_s = round(time.perf_counter() - t0, 3)
     write_done_marker(root, result, fingerprint)
