@@ -9,6 +9,7 @@ set -u
 OUT=${1:?usage: gpu_session.sh OUT [MAX_UPDATE] [BUDGET_MINUTES]}
 MAX_UPDATE=${2:-1500}
 BUDGET=${3:-3}
+VARIANTS=${4:-benchmarks/variants_objectives.json}
 mkdir -p "$OUT"
 if ! python3 -c "import fairseq" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
@@ -21,11 +22,11 @@ export PYTHONWARNINGS=ignore::FutureWarning
 # clean exit and AMP: small data, run beside the ablation's pre-training
 python3 tools/make_demo_data.py --dest /tmp/gc_data --recordings 6 --seconds 20 \
   --valid-recordings 1 > /dev/null
-python3 benchmarks/gpu_checks.py --data /tmp/gc_data --out /tmp/gpu_checks --max-update 60 \
+[ -n "${SKIP_CHECKS:-}" ] || python3 benchmarks/gpu_checks.py --data /tmp/gc_data --out /tmp/gpu_checks --max-update 60 \
   --parallel > "$OUT/gpu_checks.txt" 2>&1 &
 
-timeout 520 python3 benchmarks/ablation.py --out /tmp/abl \
-  --variants benchmarks/variants_objectives.json --pretrain-seeds 1 2 \
+timeout ${ABLATION_TIMEOUT:-520} python3 benchmarks/ablation.py --out /tmp/abl \
+  --variants "$VARIANTS" --pretrain-seeds 1 2 \
   --max-update "$MAX_UPDATE" --budget-minutes "$BUDGET" --parallel 18 --threads 1 \
   --set dataset.num_workers=0 --seeds 0 1 2 > "$OUT/ablation.txt" 2>&1
 echo "ablation rc $?" >> "$OUT/ablation.txt"
