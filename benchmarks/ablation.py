@@ -3,9 +3,10 @@
 
 Each variant is a list of hydra overrides on top of ``--config`` (built-in: ``shipped``, the
 shipped tiny config, and ``wav2vec2``, the seed's plain objective). All variants train on the
-same generated data (one directory, shared through :func:`probe_synthetic.prepare_data`) for the same number of updates
-(``--max-update``; no wall-clock budget, so variants compare fairly on shared hardware), as
-parallel subprocesses (``--parallel``, each with ``--threads`` OMP/torch threads;
+same generated data (one directory, shared through :func:`probe_synthetic.prepare_data`) for
+the same number of updates (``--max-update``; no wall-clock budget, so variants compare
+fairly on shared hardware; ``--budget-minutes`` is only a safety cap), as parallel
+subprocesses (``--parallel``, each with ``--threads`` OMP/torch threads;
 ``fairseq-hydra-train`` uses the GPU when CUDA is available, and several processes can share
 it). Each checkpoint is then probed and fine-tuned by ``benchmarks/probe_synthetic.py
 --evaluate checkpoint`` (also in parallel), and the random-init / raw references once, with the
