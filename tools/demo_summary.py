@@ -12,6 +12,9 @@ def main(argv=None) -> int:
     parser.add_argument("train_log", help="output of fairseq-hydra-train")
     parser.add_argument("validate_log", help="output of fairseq-validate")
     parser.add_argument("--negatives", type=int, default=20, help="num_negatives of the model")
+    parser.add_argument("--codes", type=int, default=1024,
+                        help="codebook size: model.target_codebook_size (the tiny config's "
+                        "1024), or latent_groups x latent_vars (640) for the Gumbel quantizer")
     args = parser.parse_args(argv)
     with open(args.train_log, encoding="utf-8") as f:
         train = [r for r in parse_fairseq_log(f.read(), "train_inner") if "loss" in r]
@@ -28,7 +31,7 @@ def main(argv=None) -> int:
     print(
         f"validation: loss {final.get('loss', float('nan')):.3f}, contrastive accuracy "
         f"{final.get('accuracy', float('nan')):.3f} (chance {chance:.3f}), code perplexity "
-        f"{final.get('code_perplexity', float('nan')):.1f} of 640 codes"
+        f"{final.get('code_perplexity', float('nan')):.1f} of {args.codes} codes"
     )
     return 0
 
