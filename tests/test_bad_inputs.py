@@ -1,10 +1,11 @@
 """Every command line over a table of bad inputs: a clear exit, no traceback, one culprit.
 
 For each case: the exit status (2 usage, 1 data), no ``Traceback`` in stdout + stderr, and
-exactly one line ``error: ...`` (argparse's own ``make_manifest.py raw: error: ...`` for
-make_manifest's option parsing) that names the culprit (option, file or row). Python tools
-run in-process (``main(argv)``, their real argument parsing; fast); the fairseq commands and
-one case per tool run as real subprocesses from the repository root.
+exactly one line ``error: ...`` that names the culprit (option, file or row), never
+argparse's ``prog: error: ...`` (every tool's parser, make_manifest's subcommands included,
+is :class:`meg2vec_fairseq.cli.ToolParser`). Python tools run in-process (``main(argv)``,
+their real argument parsing; fast); the fairseq commands and one case per tool run as real
+subprocesses from the repository root.
 """
 
 import importlib.util
@@ -28,7 +29,8 @@ from meg_fixtures import (
 
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
 
-ERROR_LINE = re.compile(r"^(?:make_manifest\.py \w+: )?error: ")
+ERROR_LINE = re.compile(r"^error: ")
+ARGPARSE_ERROR = re.compile(r"^\S+\.py( \w+)?: error: ", re.MULTILINE)
 TOOLS = ("make_manifest", "make_demo_data", "extract_features", "probe")
 
 
@@ -248,6 +250,7 @@ def _check(status, out, err, expected_status, culprit):
     assert status == expected_status, text[-3000:]
     errors = [line for line in text.splitlines() if ERROR_LINE.match(line)]
     assert len(errors) == 1, text[-3000:]
+    assert not ARGPARSE_ERROR.search(text), text[-3000:]
     assert culprit in errors[0], errors[0]
 
 

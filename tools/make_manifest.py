@@ -40,12 +40,12 @@ class CommandError(Exception):
         self.code = code
 
 
-def _import_preprocessing():
-    """Import ``meg2vec_fairseq.preprocessing`` without running the package ``__init__``.
+def _light_import(name: str) -> types.ModuleType:
+    """Import ``meg2vec_fairseq.<...>`` module ``name`` without the package ``__init__``.
 
     The package ``__init__`` registers the fairseq model/task and so imports fairseq and
-    torch (~3 s, ~370 MB per process); preprocessing needs neither. If the package is
-    already imported (e.g. in tests), it is used as is.
+    torch (~3 s, ~370 MB per process); preprocessing and the option parsing need neither.
+    If the package is already imported (e.g. in tests), it is used as is.
     """
     if "meg2vec_fairseq" not in sys.modules:
         pkg_dir = None
@@ -59,8 +59,13 @@ def _import_preprocessing():
             stub.__path__ = pkg_dir
             stub.__file__ = str(Path(pkg_dir[0]) / "__init__.py")
             sys.modules["meg2vec_fairseq"] = stub
-    segments = importlib.import_module("meg2vec_fairseq.preprocessing.segments")
-    recordings = importlib.import_module("meg2vec_fairseq.preprocessing.recordings")
+    return importlib.import_module(name)
+
+
+def _import_preprocessing():
+    """``meg2vec_fairseq.preprocessing.segments`` and ``.recordings`` (light import)."""
+    segments = _light_import("meg2vec_fairseq.preprocessing.segments")
+    recordings = _light_import("meg2vec_fairseq.preprocessing.recordings")
     return segments, recordings
 
 
@@ -345,10 +350,15 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # ToolParser: a usage error is the usage line plus one ``error: ...`` line, exit 2,
+    # like every tool (argparse's own "make_manifest.py raw: error: ..." otherwise).
+    tool_parser = _light_import("meg2vec_fairseq.cli").ToolParser
+    parser = tool_parser(
         prog="make_manifest.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The subcommand parsers are of the same class (argparse's default parser_class).
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=tool_parser)
     for name, (add_args, run, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
