@@ -150,6 +150,15 @@ class MegPretrainingTask(AudioPretrainingTask):
         iterates (and when the trainer reads its first batch for a dummy batch); translating
         there gives the one-line error instead of fairseq's traceback.
         """
+        # Why a class swap: the error must become a SystemExit in the main process (hydra
+        # prints a traceback for any Exception; in a DataLoader worker a SystemExit would
+        # kill the worker and lose the message, so the dataset raises MegDataError there and
+        # torch re-raises it here). fairseq builds the EpochBatchIterator itself (no factory
+        # hook), and ``first_batch`` (the trainer's dummy batch, read in this process) is a
+        # property that no per-instance attribute can override; a wrapper object would have
+        # to forward the whole iterator interface (state_dict, epoch, end_of_epoch, ...,
+        # attribute writes) and would fail isinstance checks. A cached subclass of the
+        # iterator's own class overrides just the two entry points, the rest stays fairseq's.
         epoch_iter = super().get_batch_iterator(dataset, *args, **kwargs)
         if hasattr(epoch_iter, "_get_iterator_for_epoch") and not isinstance(
             epoch_iter, _TranslatingEpochIterator
