@@ -307,7 +307,9 @@ def test_ctrl_c_prints_one_line_and_exits_130(ctx, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "tools/make_demo_data.py", "--dest", str(dest), "--recordings", "200",
          "--seconds", "60", "--channels", "16"],
-        cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a harness started in the background ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (dest / "segments").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # interrupt during the work, not during the imports

@@ -84,6 +84,11 @@ def manifest_problems(dest: Path) -> list[str]:
     return problems
 
 
+def default_sigint() -> None:
+    """``preexec_fn``: SIGINT handled as a terminal's Ctrl-C would be (not inherited SIG_IGN)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> bool:
     """Poll ``predicate`` every 5 ms while ``proc`` runs; True once it holds."""
     deadline = time.time() + timeout
@@ -327,8 +332,10 @@ def test_ctrl_c_one_line_exit_130_then_resume(tmp_path, recordings, jobs):
     cmd = tool_cmd(recordings, dest, "--n-channels", "8", "--segment-seconds", "0.5",
                    "--chunk-seconds", "2", "--jobs", jobs)
     # A terminal's Ctrl-C signals the whole foreground process group, workers included.
+    # SIGINT back to its default in the child: a harness started in the background (`cmd &`)
+    # ignores SIGINT, and an ignored signal is inherited, so Python would never see the Ctrl-C.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV, start_new_session=True)
+                            env=ENV, start_new_session=True, preexec_fn=default_sigint)
     started = wait_for(lambda: any((dest / "segments").glob("*/000001.npy")), proc)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
