@@ -33,7 +33,12 @@ import numpy as np
 import torch
 
 from .cli import input_file_problem
-from .data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, read_manifest
+from .data.meg_dataset import (
+    DEFAULT_MAX_ABS_VALUE,
+    MegDataError,
+    crop_value_problem,
+    read_manifest,
+)
 from .features import CNN_LAYER, CheckpointError, extract_features, load_meg2vec, n_layers
 from .models.meg2vec import conv_frame_geometry
 
@@ -354,17 +359,14 @@ def load_manifest_labels(
                 f"{paths[window.source]}: holds {array.shape[1]} samples, fewer than the "
                 f"manifest says (window ends at {window.start + window.length})"
             )
-        peak = float(np.max(np.abs(crop))) if crop.size else 0.0
-        if not np.isfinite(peak):
+        problem = crop_value_problem(
+            crop, window.start, max_abs_value,
+            hint="segments are expected z-scored; --max-abs-value 0 disables this check",
+        )
+        if problem:
             raise ProbeError(
-                f"{paths[window.source]}: NaN/inf values in the window of {labels_path}, "
+                f"{paths[window.source]}: {problem} in the window of {labels_path}, "
                 f"line {window.row}"
-            )
-        if max_abs_value and peak > max_abs_value:
-            raise ProbeError(
-                f"{paths[window.source]}: values up to |x| = {peak:.3g} in the window of "
-                f"{labels_path}, line {window.row}, beyond +-{max_abs_value:g} (segments are "
-                "expected z-scored; --max-abs-value 0 disables this check)"
             )
         return crop
 

@@ -39,6 +39,38 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 DEFAULT_MAX_ABS_VALUE = 1000.0
 
 
+def crop_value_problem(
+    crop: np.ndarray, start: int, max_abs_value: Optional[float], hint: str = ""
+) -> Optional[str]:
+    """What is wrong with the values of a ``(channels, n)`` crop, or None.
+
+    One pass over the crop (NaN propagates through ``max`` and inf is infinite); the slower
+    searches for the first bad sample run only for a bad crop.
+
+    Parameters
+    ----------
+    crop : ndarray, shape (channels, n)
+        The samples read.
+    start : int
+        Sample of the segment where the crop starts (for the message).
+    max_abs_value : float or None
+        Bound on ``|x|``; None or 0: no bound.
+    hint : str
+        Appended to the message of a value beyond the bound (how to relax it).
+    """
+    peak = float(np.max(np.abs(crop))) if crop.size else 0.0
+    if not np.isfinite(peak):
+        channels, samples = np.nonzero(~np.isfinite(crop))
+        return (f"{len(channels)} NaN/inf values, first at channel {channels[0]}, sample "
+                f"{start + samples[0]}")
+    if max_abs_value and peak > max_abs_value:
+        channels, samples = np.nonzero(np.abs(crop) > max_abs_value)
+        return (f"{len(channels)} values beyond +-{max_abs_value:g} (largest |x| {peak:.3g}), "
+                f"first at channel {channels[0]}, sample {start + samples[0]}"
+                + (f"; {hint}" if hint else ""))
+    return None
+
+
 class MegDataError(ValueError):
     """Raised for a manifest or segment that cannot be used for training."""
 
@@ -364,23 +396,13 @@ class MegNpyDataset(RawAudioDataset):
         except (OSError, ValueError) as err:
             raise MegDataError(f"{self._where(index)}: cannot read segment ({err})") from err
         crop = np.array(array[:, start : start + length], dtype=np.float32)  # a copy, not a view
-        # One pass over the crop: NaN propagates through max and inf is infinite, so the
-        # detailed (slower) searches run only for a bad crop.
-        peak = float(np.max(np.abs(crop))) if crop.size else 0.0
-        if not np.isfinite(peak):
-            channels, samples = np.nonzero(~np.isfinite(crop))
-            raise MegDataError(
-                f"{self._where(index)}: {len(channels)} NaN/inf values, first at channel "
-                f"{channels[0]}, sample {start + samples[0]}"
-            )
-        if self.max_abs_value is not None and peak > self.max_abs_value:
-            channels, samples = np.nonzero(np.abs(crop) > self.max_abs_value)
-            raise MegDataError(
-                f"{self._where(index)}: {len(channels)} values beyond +-{self.max_abs_value:g} "
-                f"(largest |x| {peak:.3g}), first at channel {channels[0]}, sample "
-                f"{start + samples[0]}; segments are expected z-scored (as make_manifest "
-                "writes them): fix the file, or raise or disable (0) task.max_abs_value"
-            )
+        problem = crop_value_problem(
+            crop, start, self.max_abs_value,
+            hint="segments are expected z-scored (as make_manifest writes them): fix the file, "
+            "or raise or disable (0) task.max_abs_value",
+        )
+        if problem:
+            raise MegDataError(f"{self._where(index)}: {problem}")
         return crop
 
     def __getitem__(self, index: int) -> Dict[str, object]:
