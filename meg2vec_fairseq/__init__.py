@@ -1,14 +1,24 @@
 """meg2vec-fairseq: wav2vec 2.0 self-supervised pre-training for multi-channel MEG.
 
-Importing this package registers, with fairseq,
+Importing the package imports neither fairseq nor torch: the library (preprocessing,
+synthetic data, probing) works without them. The fairseq parts live in
 
-* the task ``meg_pretraining`` (:mod:`meg2vec_fairseq.tasks.meg_pretraining`) and
-* the model ``meg2vec`` (:mod:`meg2vec_fairseq.models.meg2vec`),
+* :mod:`meg2vec_fairseq.tasks` (task ``meg_pretraining``) and
+* :mod:`meg2vec_fairseq.models` (model ``meg2vec``),
 
-so that ``common.user_dir=meg2vec_fairseq`` (hydra) or ``--user-dir meg2vec_fairseq``
-(argparse command lines) makes them available to fairseq's own trainer and criterion.
+which fairseq's ``import_user_module`` imports itself for ``common.user_dir=meg2vec_fairseq``
+(hydra) or ``--user-dir meg2vec_fairseq`` (argparse command lines); code that loads a
+checkpoint in its own process imports them explicitly (:func:`register_with_fairseq`).
 """
 
-from . import models, tasks  # noqa: F401  (imports register the task and the model)
-
 __version__ = "0.1.0"
+
+
+def register_with_fairseq() -> None:
+    """Register the task and the model with fairseq (imports fairseq and torch).
+
+    Needed before loading a ``meg2vec`` checkpoint in a process that imported the package
+    without going through fairseq's ``--user-dir`` (fairseq then skips the user dir's
+    ``tasks/`` and ``models/`` because the package is already imported).
+    """
+    from . import models, tasks  # noqa: F401  (importing registers them)

@@ -13,14 +13,13 @@ import numpy as np
 import torch
 from fairseq import checkpoint_utils
 
+from .errors import CheckpointError  # noqa: F401  (re-exported)
 from .models.meg2vec import Meg2VecModel
 
 #: ``layer`` value selecting the convolutional encoder's output instead of a Transformer layer.
 CNN_LAYER = "cnn"
 
 
-class CheckpointError(ValueError):
-    """Raised for a checkpoint that cannot be used as a ``meg2vec`` feature extractor."""
 
 
 def load_meg2vec(checkpoint_path: str, device: Union[str, torch.device] = "cpu"):
@@ -46,9 +45,10 @@ def load_meg2vec(checkpoint_path: str, device: Union[str, torch.device] = "cpu")
     CheckpointError
         If the file is missing, unreadable or not a ``meg2vec`` checkpoint.
     """
-    import meg2vec_fairseq  # noqa: F401  (registers the task and model for fairseq)
-
+    from . import register_with_fairseq
     from .cli import input_file_problem
+
+    register_with_fairseq()
 
     problem = input_file_problem(checkpoint_path)  # before torch.load: a FIFO would block
     if problem:

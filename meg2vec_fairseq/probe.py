@@ -39,6 +39,7 @@ from .data.meg_dataset import (
     crop_value_problem,
     read_manifest,
 )
+from .errors import ProbeError  # noqa: F401  (re-exported)
 from .features import CNN_LAYER, CheckpointError, extract_features, load_meg2vec, n_layers
 from .models.meg2vec import conv_frame_geometry
 
@@ -47,8 +48,6 @@ POOLINGS = ("mean", "meanstd")
 DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-class ProbeError(ValueError):
-    """Bad probe input (labels, splits, sources); the message is one line naming what is wrong."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,8 +649,6 @@ def build_random_model(config: str, seed: int, in_channels: Optional[int] = None
     ``fairseq-hydra-train`` initialises them before the first update.
     """
     from omegaconf import OmegaConf
-
-    import meg2vec_fairseq  # noqa: F401
 
     from .models.meg2vec import Meg2VecConfig, Meg2VecModel
 

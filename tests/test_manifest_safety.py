@@ -14,7 +14,6 @@ Each test runs the real command line in a subprocess, as a user would:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -27,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from meg2vec_fairseq.preprocessing import segments
+
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "make_manifest.py"
-SEGMENTS_PY = REPO / "meg2vec_fairseq" / "preprocessing" / "segments.py"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 INTERRUPTED = "interrupted; re-run the same command to resume"
 
@@ -232,12 +232,9 @@ def test_interrupted_rerun_with_other_options_leaves_no_stale_manifest(tmp_path,
 
 # ----------------------------------------------------------------- 5: lock on --dest
 HOLDER = textwrap.dedent("""
-    import importlib.util, sys, time
-    spec = importlib.util.spec_from_file_location("segments_lib", sys.argv[1])
-    segments = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = segments  # dataclasses look their module up there
-    spec.loader.exec_module(segments)
-    lock = segments.lock_outputs(sys.argv[2], sys.argv[3], command="holder-of-the-lock")
+    import sys, time
+    from meg2vec_fairseq.preprocessing import segments
+    lock = segments.lock_outputs(sys.argv[1], sys.argv[2], command="holder-of-the-lock")
     print("locked", flush=True)
     time.sleep(600)
 """)
@@ -245,7 +242,7 @@ HOLDER = textwrap.dedent("""
 
 def start_holder(dest: Path, segdir: Path) -> subprocess.Popen:
     """A process holding the lock on ``dest`` and ``segdir`` (via the library) until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(SEGMENTS_PY), str(dest),
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(dest),
                              str(segdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     line = proc.stdout.readline()
@@ -386,10 +383,6 @@ def test_unusable_output_path_exit_2(tmp_path, small, case):
 
 def test_library_lock_refuses_second_holder_and_releases(tmp_path):
     """Library level: a second lock in the same process is refused; release frees it."""
-    spec = importlib.util.spec_from_file_location("segments_lib", SEGMENTS_PY)
-    segments = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = segments  # dataclasses look their module up there
-    spec.loader.exec_module(segments)
     with segments.lock_outputs(tmp_path / "d", tmp_path / "s", command="first"):
         with pytest.raises(segments.OutputLockedError, match=f"pid {os.getpid()}.*first"):
             segments.lock_outputs(tmp_path / "e", tmp_path / "s", command="second")

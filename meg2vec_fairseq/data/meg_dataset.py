@@ -26,6 +26,7 @@ from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
 from fairseq.data.data_utils import get_bucketed_sizes
 
 from ..cli import input_file_problem
+from ..errors import MegDataError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def crop_value_problem(
     return None
 
 
-class MegDataError(ValueError):
-    """Raised for a manifest or segment that cannot be used for training."""
 
 
 @dataclass(frozen=True)

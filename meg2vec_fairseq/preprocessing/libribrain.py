@@ -32,6 +32,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import LibriBrainError  # noqa: F401  (re-exported)
 from . import segments as seg
 
 RunKey = Tuple[str, str, str, str]
@@ -75,8 +76,6 @@ _FAMILY_MODULES = {
 _ENTITY_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
-class LibriBrainError(seg.InputError, ValueError):
-    """Bad LibriBrain input: names the run key and/or file and what is wrong."""
 
 
 # --------------------------------------------------------------------------------------------

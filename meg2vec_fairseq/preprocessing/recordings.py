@@ -63,8 +63,8 @@ from typing import Any, Optional
 import numpy as np
 from scipy import signal
 
+from ..errors import RecordingError  # noqa: F401  (re-exported)
 from .segments import (
-    InputError,
     RecordingResult,
     RecordingTask,
     Segment,
@@ -110,8 +110,6 @@ _NUMBERED_PART = re.compile(r"(-\d+\.fif(\.gz)?$)|(_split-\d+_)", re.IGNORECASE)
 _PIPELINE_VERSION = "recordings-v2"  # v2: implausible amplitudes, trimmed statistics
 
 
-class RecordingError(InputError):
-    """Bad input: the message says which file and what is wrong (becomes the reason)."""
 
 
 # ------------------------------------------------------------------------ parameters

@@ -82,6 +82,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..errors import ForeignDirectoryError, InputError, OutputLockedError, OutputPathError  # noqa: F401  (re-exported)
+
 try:
     import fcntl
 except ImportError:  # not POSIX (Windows): runs are not locked
@@ -142,29 +144,6 @@ _TMP_SUFFIX = ".tmp"
 _REPORT_VERSION = 1
 
 
-class InputError(Exception):
-    """Bad input (unreadable file, no MEG channels, too short, ...).
-
-    Raise it (or a subclass) from a recording worker with a message that names the file
-    and what is wrong; :func:`run_recordings` reports the message as the failure reason
-    as is, whereas other exceptions are reported as ``"<ExceptionType>: <message>"``.
-    """
-
-
-class ForeignDirectoryError(InputError):
-    """A recording folder the tool cannot prove it wrote: it is left untouched.
-
-    Raised by :func:`prepare_recording_dir` in the recording's worker, so it fails that
-    recording (reason reported as is) and never the others.
-    """
-
-
-class OutputPathError(ValueError):
-    """``--dest`` or the segments folder is a file, or cannot be created or written."""
-
-
-class OutputLockedError(RuntimeError):
-    """Another run holds the lock on an output folder (see :func:`lock_outputs`)."""
 
 
 # --------------------------------------------------------------------------- atomic I/O
