@@ -14,12 +14,13 @@ from omegaconf import OmegaConf
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from meg2vec_fairseq.configs import load_pretraining_config  # noqa: E402
 from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel  # noqa: E402
 
 
 def shipped_config(name: str):
-    """The full (unresolved) yaml of ``config/pretraining/{name}.yaml``."""
-    return OmegaConf.load(REPO_ROOT / "config" / "pretraining" / f"{name}.yaml")
+    """``config/pretraining/{name}.yaml`` composed as hydra does (interpolations unresolved)."""
+    return load_pretraining_config(name)
 
 
 def model_fields(name: str) -> Dict[str, object]:
