@@ -24,6 +24,7 @@ import os
 import sys
 import warnings
 
+from meg2vec_fairseq import register_with_fairseq
 from meg2vec_fairseq.cli import (
     ToolParser,
     check_outputs,
@@ -143,7 +144,9 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG
+    if args.checkpoint or args.random_init:
+        register_with_fairseq()  # imports fairseq now: it leaves the root logger at DEBUG
+    logging.getLogger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
     check_usage(parser, args)
     try:
