@@ -9,8 +9,9 @@ import torch
 
 from .data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, MegNpyDataset
 from .features import extract_features, load_meg2vec
+from .io.atomic import atomic_save_npy
+from .io.manifest import write_manifest
 from .models.meg2vec import conv_frame_geometry
-from .preprocessing.segments import atomic_save_npy, atomic_write_text
 
 
 def write_manifest_features(
@@ -79,9 +80,9 @@ def write_manifest_features(
         path = os.path.join(dest, dataset.relative_paths[index])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_save_npy(path, features)
-        rows.append(f"{dataset.relative_paths[index]}\t{features.shape[0]}")
+        rows.append((dataset.relative_paths[index], features.shape[0]))
     index_path = os.path.join(dest, "features.tsv")
-    atomic_write_text(index_path, "\n".join([dest, *rows]) + "\n")
+    write_manifest(index_path, dest, rows)
     return {
         "segments": len(rows),
         "frames": int(features.shape[0]),
