@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..constants import SFREQ
 from ..errors import ProbeError
 from .windows import LabelledDataset, Window
 
@@ -90,7 +91,7 @@ def load_libribrain(
     missing: Dict[str, int] = {}  # runs of each partition that are not on disk (pnpl skips them)
     windows: List[Window] = []
     rng = np.random.default_rng(seed)
-    sample_rate = 250.0
+    sample_rate = SFREQ  # until pnpl says otherwise
     class_names: Optional[List[str]] = None
     for split, partition in PNPL_PARTITIONS.items():
         try:

@@ -148,16 +148,6 @@ def load_manifest_labels(
 ) -> LabelledDataset:
     """The generic labelled dataset: manifest(s) of ``.npy`` segments plus a labels TSV.
 
-    The labels TSV has a header row and one row per labelled window, tab-separated:
-
-    * ``segment`` (required): a segment path exactly as written in a manifest;
-    * ``label`` (required): any string (classes are the sorted distinct labels);
-    * ``start`` and ``end`` (optional, seconds from the segment's first sample): the time span;
-      without them (or left empty) the window is the whole segment;
-    * ``split`` (optional): ``train``, ``valid`` or ``test``; without it, whole segments are
-      assigned by a stable hash of their path (``split_fractions`` train / valid, rest test),
-      so windows of one segment never straddle splits.
-
     Parameters
     ----------
     manifest_paths : str or list of str
@@ -192,6 +182,18 @@ def load_manifest_labels(
         For a missing file or column, a row with too few or too many fields, an unknown
         segment, a non-finite time or a span outside its segment or shorter than one
         sample, an unknown split, overlapping windows in two splits, or no labels.
+
+    Notes
+    -----
+    The labels TSV has a header row and one row per labelled window, tab-separated:
+
+    * ``segment`` (required): a segment path exactly as written in a manifest;
+    * ``label`` (required): any string (classes are the sorted distinct labels);
+    * ``start`` and ``end`` (optional, seconds from the segment's first sample): the time span;
+      without them (or left empty) the window is the whole segment;
+    * ``split`` (optional): ``train``, ``valid`` or ``test``; without it, whole segments are
+      assigned by a stable hash of their path (``split_fractions`` train / valid, rest test),
+      so windows of one segment never straddle splits.
     """
     if not (sample_rate > 0 and math.isfinite(sample_rate)):
         raise ProbeError(f"sample_rate must be a finite number > 0, got {sample_rate}")
