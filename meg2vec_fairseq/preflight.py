@@ -113,3 +113,17 @@ class PreflightChecks(Callback):  # type: ignore[misc,valid-type]
             for problem in problems:
                 print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(2)
+        forget_package()
+
+
+def forget_package() -> None:
+    """Remove this package's modules from ``sys.modules``.
+
+    Hydra imported the package to build this callback, before fairseq's
+    ``import_user_module``; that function registers a user dir's ``tasks/`` and ``models/``
+    only when the package is not imported yet (and refuses a user dir elsewhere than the
+    imported package). Forgetting it lets fairseq import it exactly as without the callback.
+    """
+    package = __name__.split(".")[0]
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]

@@ -68,3 +68,19 @@ def test_card_command_ends_with_one_error_line(tmp_path, override, option):
     assert len(errors) == 1 and option in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ck").exists()
+
+
+def test_card_command_trains_with_the_callback_registered(tmp_path):
+    """The callback imports the package before fairseq's user-dir import: fairseq must still
+    register the task and the model (it skips a user dir that is already imported)."""
+    data = tmp_path / "data"
+    write_manifest(data, random_segments(2, samples=600))
+    write_manifest(data, random_segments(1, samples=600, seed=1), split="valid")
+    result = run_command([
+        "fairseq-hydra-train", "--config-dir", "config/pretraining", "--config-name",
+        "meg2vec_tiny", "common.user_dir=meg2vec_fairseq", f"task.data={data}",
+        f"checkpoint.save_dir={tmp_path / 'ck'}", "optimization.max_update=1",
+        "task.max_sample_size=null", "task.min_sample_size=0", "dataset.num_workers=0",
+    ], timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "ck" / "checkpoint_last.pt").is_file()
