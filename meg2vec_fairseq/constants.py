@@ -11,3 +11,10 @@ N_SENSORS = 306
 
 #: Default sampling rate of the segments (Hz).
 SFREQ = 250.0
+
+#: Default bound on ``|x|`` of the task (``task.max_abs_value``). Segments are z-scored per
+#: channel by ``make_manifest`` (and clipped to +-10 for LibriBrain), so real data lie within a
+#: few tens of standard deviations; 1000 standard deviations is no physiological signal but a
+#: unit error or a corrupt file, whose finite but huge values would otherwise overflow the
+#: gradients (fairseq's "gradients are Nan/Inf", naming no file). Also well inside float16.
+MAX_ABS_VALUE = 1000.0

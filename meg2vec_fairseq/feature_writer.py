@@ -7,7 +7,8 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, MegNpyDataset
+from .constants import MAX_ABS_VALUE
+from .data.meg_dataset import MegDataError, MegNpyDataset
 from .features import extract_features, load_meg2vec
 from .io.atomic import atomic_save_npy
 from .io.manifest import write_manifest
@@ -60,7 +61,7 @@ def write_manifest_features(
         in_channels=task_cfg.in_channels,
         shuffle=False,
         normalize=task_cfg.normalize,
-        max_abs_value=getattr(task_cfg, "max_abs_value", DEFAULT_MAX_ABS_VALUE),
+        max_abs_value=getattr(task_cfg, "max_abs_value", MAX_ABS_VALUE),
     )
     receptive_field, _ = conv_frame_geometry(model.cfg.conv_feature_layers)
     too_short = [i for i, size in enumerate(dataset.sizes) if size < receptive_field]

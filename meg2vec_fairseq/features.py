@@ -25,6 +25,18 @@ if TYPE_CHECKING:
 CNN_LAYER = "cnn"
 
 
+def zscore_channels(x: torch.Tensor) -> torch.Tensor:
+    """Z-score each channel of ``(..., channels, time)`` MEG over time.
+
+    The input normalisation of the task's ``normalize`` option, applied identically to
+    training crops and to the windows given to a trained model (probing, fine-tuning). Zero
+    (padded or flat) channels stay zero instead of becoming NaN.
+    """
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True)
+    return (x - mean) / std.clamp_min(1e-8)
+
+
 def load_meg2vec(checkpoint_path: str, device: Union[str, torch.device] = "cpu"):
     """Load a ``meg2vec`` checkpoint written by fairseq for inference.
 

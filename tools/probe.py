@@ -3,7 +3,7 @@
 
 Examples::
 
-    # your own labels: a manifest plus a labels TSV (format: README, "Probing")
+    # your own labels: a manifest plus a labels TSV (format: docs/probing.md)
     python tools/probe.py --manifest manifests/demo/valid.tsv --labels labels.tsv \\
         --checkpoint checkpoints/meg2vec_tiny/checkpoint_best.pt --random-init meg2vec_tiny \\
         --raw --json probe.json --plot probe.png
@@ -37,14 +37,13 @@ from meg2vec_fairseq.cli import (
     positive_int,
     run_main,
 )
-from meg2vec_fairseq.constants import SFREQ
+from meg2vec_fairseq.constants import MAX_ABS_VALUE, SFREQ
 from meg2vec_fairseq.features import parse_layer
 from meg2vec_fairseq.probing.classifier import DEFAULT_C_GRID
 from meg2vec_fairseq.probing.libribrain_labels import LIBRIBRAIN_TASKS
 from meg2vec_fairseq.probing.pooling import POOLINGS
 from meg2vec_fairseq.probing.report import format_table, plot_formats
 from meg2vec_fairseq.probing.run import probe
-from meg2vec_fairseq.probing.windows import DEFAULT_MAX_ABS_VALUE
 
 #: How library messages name a parameter -> the option a user of this tool gives.
 FLAGS = (
@@ -80,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-windows", type=positive_int, default=None,
                       help="LibriBrain: at most this many windows per partition (random)")
     data.add_argument("--sample-rate", type=positive_float, default=SFREQ,
-                      help="sampling rate of the manifest's segments (Hz, default 250)")
+                      help="sampling rate of the manifest's segments (Hz, default %(default)g)")
     data.add_argument("--allow-overlap", action="store_true",
                       help="only warn (instead of failing) when windows of one segment overlap "
                       "across splits")
     data.add_argument("--max-abs-value", type=nonnegative_float,
-                      default=DEFAULT_MAX_ABS_VALUE,
+                      default=MAX_ABS_VALUE,
                       help="refuse a window with |x| above this (segments are z-scored; "
                       "0 disables; default 1000)")
     data.add_argument("--context", type=nonnegative_float, default=0.0,

@@ -19,18 +19,13 @@ from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
 from fairseq.data.data_utils import get_bucketed_sizes
 
 from ..errors import MegDataError
+from ..features import zscore_channels
 from ..io.manifest import read_manifest
-from ..io.segment_file import crop_value_problem
+from ..io.segment_file import read_crop
 
 logger = logging.getLogger(__name__)
 
 
-#: Default bound on ``|x|`` of the task (``task.max_abs_value``). Segments are z-scored per
-#: channel by ``make_manifest`` (and clipped to +-10 for LibriBrain), so real data lie within a
-#: few tens of standard deviations; 1000 standard deviations is no physiological signal but a
-#: unit error or a corrupt file, whose finite but huge values would otherwise overflow the
-#: gradients (fairseq's "gradients are Nan/Inf", naming no file). Also well inside float16.
-DEFAULT_MAX_ABS_VALUE = 1000.0
 
 
 class MegNpyDataset(RawAudioDataset):
@@ -65,7 +60,7 @@ class MegNpyDataset(RawAudioDataset):
         Check every segment's header when the manifest is loaded.
     max_abs_value : float or None
         A crop holding a value with ``|x|`` above this raises :class:`MegDataError` naming
-        the file (None or 0: no check; the task's default is :data:`DEFAULT_MAX_ABS_VALUE`).
+        the file (None or 0: no check; the task's default is :data:`MAX_ABS_VALUE`).
     """
 
     def __init__(
@@ -155,17 +150,14 @@ class MegNpyDataset(RawAudioDataset):
         Only the requested samples are read (memory map); NaN, inf or a value beyond
         ``max_abs_value`` raise a :class:`MegDataError` naming the manifest row and the file.
         """
-        path = self.segment_path(index)
         try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            crop, _shape, problem = read_crop(
+                self.segment_path(index), start, length, self.max_abs_value,
+                hint="segments are expected z-scored (as make_manifest writes them): fix the "
+                "file, or raise or disable (0) task.max_abs_value",
+            )
         except (OSError, ValueError) as err:
             raise MegDataError(f"{self._where(index)}: cannot read segment ({err})") from err
-        crop = np.array(array[:, start : start + length], dtype=np.float32)  # a copy, not a view
-        problem = crop_value_problem(
-            crop, start, self.max_abs_value,
-            hint="segments are expected z-scored (as make_manifest writes them): fix the file, "
-            "or raise or disable (0) task.max_abs_value",
-        )
         if problem:
             raise MegDataError(f"{self._where(index)}: {problem}")
         return crop
@@ -180,12 +172,7 @@ class MegNpyDataset(RawAudioDataset):
 
     def postprocess(self, feats: torch.Tensor, curr_sample_rate: int) -> torch.Tensor:
         """Optionally z-score each channel over time (no averaging across channels)."""
-        if self.normalize:
-            mean = feats.mean(dim=-1, keepdim=True)
-            std = feats.std(dim=-1, keepdim=True)
-            # Zero (padded or flat) channels stay zero instead of becoming NaN.
-            feats = (feats - mean) / std.clamp_min(1e-8)
-        return feats
+        return zscore_channels(feats) if self.normalize else feats
 
     def collater(self, samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
         """Batch ``(C, T_i)`` sources into ``(B, C, T)`` with an optional ``(B, T)`` padding mask.

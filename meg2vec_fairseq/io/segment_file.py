@@ -47,6 +47,42 @@ def crop_value_problem(
     return None
 
 
+def read_crop(
+    path: str, start: int, length: int, max_abs_value: Optional[float], hint: str = ""
+) -> Tuple[np.ndarray, Tuple[int, ...], Optional[str]]:
+    """Read samples ``start:start + length`` of every channel of a segment and check them.
+
+    Only those samples are read (memory map); the one reader of crops for training (the
+    fairseq dataset) and for probing.
+
+    Parameters
+    ----------
+    path : str
+        The ``.npy`` segment, ``(channels, time)``.
+    start, length : int
+        First sample and number of samples (fewer come back at the segment's end).
+    max_abs_value, hint
+        As :func:`crop_value_problem`.
+
+    Returns
+    -------
+    crop : ndarray, shape (channels, <= length), float32
+        A copy, not a view of the memory map.
+    shape : tuple of int
+        The whole segment's shape.
+    problem : str or None
+        :func:`crop_value_problem` of the crop.
+
+    Raises
+    ------
+    OSError, ValueError
+        When NumPy cannot read the file.
+    """
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    crop = np.array(array[..., start : start + length], dtype=np.float32)
+    return crop, tuple(array.shape), crop_value_problem(crop, start, max_abs_value, hint=hint)
+
+
 @dataclass(frozen=True)
 class NpyHeader:
     """What the header of a ``.npy`` file says about its array."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ProbeError
-from ..features import CNN_LAYER, check_layer
+from ..features import CNN_LAYER, check_layer, zscore_channels
 from ..models.meg2vec import conv_frame_geometry
 from .classifier import stratified_subset
 from .metrics import balanced_accuracy, confusion_matrix, macro_f1
@@ -152,8 +152,8 @@ class _Classifier(nn.Module):
         self.head = nn.Linear(dim, n_classes)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize:  # as ModelSource.frames: per-window, per-channel z-score
-            x = (x - x.mean(dim=-1, keepdim=True)) / x.std(dim=-1, keepdim=True).clamp_min(1e-8)
+        if self.normalize:  # as the task and ModelSource.frames
+            x = zscore_channels(x)
         layer = None if self.layer in (None, CNN_LAYER) else self.layer
         output = self.model.extract_features(x, None, mask=False, layer=layer)
         return output["features"] if self.layer == CNN_LAYER else output["x"]

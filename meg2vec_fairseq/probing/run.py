@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..constants import SFREQ
+from ..constants import MAX_ABS_VALUE, SFREQ
 from ..errors import ProbeError
 from .classifier import DEFAULT_C_GRID, check_probe_options, fit_and_score
 from .libribrain_labels import load_libribrain
@@ -15,7 +15,7 @@ from .metrics import chance_levels, summarise
 from .pooling import POOLINGS, feature_matrix
 from .report import plot_result, write_json
 from .sources import RawSource, SourceSpec, checkpoint_source, random_init_spec
-from .windows import DEFAULT_MAX_ABS_VALUE, SPLITS, LabelledDataset, load_manifest_labels
+from .windows import SPLITS, LabelledDataset, load_manifest_labels
 
 
 def run_probe(
@@ -123,7 +123,7 @@ def probe(
     sample_rate: float = SFREQ,
     context: float = 0.0,
     allow_overlap: bool = False,
-    max_abs_value: Optional[float] = DEFAULT_MAX_ABS_VALUE,
+    max_abs_value: Optional[float] = MAX_ABS_VALUE,
     checkpoint: Optional[str] = None,
     random_init: Optional[str] = None,
     raw: bool = False,

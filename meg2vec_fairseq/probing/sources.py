@@ -126,13 +126,11 @@ class ModelSource:
         """
         import torch
 
-        from ..features import extract_features
+        from ..features import extract_features, zscore_channels
 
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         if self.normalize:
-            mean = x.mean(dim=-1, keepdim=True)
-            std = x.std(dim=-1, keepdim=True)
-            x = (x - mean) / std.clamp_min(1e-8)
+            x = zscore_channels(x)
         outputs = []
         for i in range(0, len(x), self.batch_size):
             outputs.append(extract_features(self.model, x[i : i + self.batch_size], self.layer))

@@ -13,18 +13,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..cli import input_file_problem
-from ..constants import SFREQ
+from ..constants import MAX_ABS_VALUE, SFREQ
 from ..errors import MegDataError, ProbeError
 from ..io.manifest import read_manifest
-from ..io.segment_file import crop_value_problem
+from ..io.segment_file import read_crop
 
 #: The splits of a labelled dataset, in order.
 SPLITS = ("train", "valid", "test")
 
-#: Default bound on ``|x|`` of a window read for probing: the pre-training task's default
-#: (``task.max_abs_value``; ``DEFAULT_MAX_ABS_VALUE`` of :mod:`meg2vec_fairseq.data.meg_dataset`,
-#: which imports fairseq, so it is not imported here).
-DEFAULT_MAX_ABS_VALUE = 1000.0
 
 
 @dataclass
@@ -144,7 +140,7 @@ def load_manifest_labels(
     split_fractions: Tuple[float, float] = (0.7, 0.15),
     split_seed: int = 0,
     allow_overlap: bool = False,
-    max_abs_value: Optional[float] = DEFAULT_MAX_ABS_VALUE,
+    max_abs_value: Optional[float] = MAX_ABS_VALUE,
 ) -> LabelledDataset:
     """The generic labelled dataset: manifest(s) of ``.npy`` segments plus a labels TSV.
 
@@ -302,21 +298,19 @@ def load_manifest_labels(
     n_channels = _npy_channels(paths[0])
 
     def read(window: Window) -> np.ndarray:
-        array = np.load(paths[window.source], mmap_mode="r", allow_pickle=False)
-        if array.ndim != 2 or array.shape[0] != n_channels:
-            raise ProbeError(
-                f"{paths[window.source]}: shape {array.shape}, expected ({n_channels}, time)"
-            )
-        crop = np.array(array[:, window.start : window.start + window.length], dtype=np.float32)
-        if crop.shape[1] != window.length:
-            raise ProbeError(
-                f"{paths[window.source]}: holds {array.shape[1]} samples, fewer than the "
-                f"manifest says (window ends at {window.start + window.length})"
-            )
-        problem = crop_value_problem(
-            crop, window.start, max_abs_value,
+        crop, shape, problem = read_crop(
+            paths[window.source], window.start, window.length, max_abs_value,
             hint="segments are expected z-scored; max_abs_value=0 disables this check",
         )
+        if len(shape) != 2 or shape[0] != n_channels:
+            raise ProbeError(
+                f"{paths[window.source]}: shape {shape}, expected ({n_channels}, time)"
+            )
+        if crop.shape[1] != window.length:
+            raise ProbeError(
+                f"{paths[window.source]}: holds {shape[1]} samples, fewer than the "
+                f"manifest says (window ends at {window.start + window.length})"
+            )
         if problem:
             raise ProbeError(
                 f"{paths[window.source]}: {problem} in the window of {labels_path}, "
