@@ -5,6 +5,11 @@ The manifest format and the segment-file checks are fairseq-free
 that can be checked without reading the samples is checked when the manifest is loaded, so
 a bad segment stops the run before any update; NaN/inf and absurd values (``|x| >
 max_abs_value``) are checked on the crop that is actually read, before it reaches the model.
+
+``wire_dtype="float16"`` keeps the crops in float16 from the worker through the collater, so
+the batch moved from a DataLoader worker to the main process, into pinned memory and to the
+device is half the bytes; the task casts to the model's dtype on the device
+(:func:`meg2vec_fairseq.tasks.meg_pretraining.match_source_dtype`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from ..io.segment_file import read_crop
 
 logger = logging.getLogger(__name__)
 
-
+#: ``wire_dtype`` values: the dtype crops and batches travel in, from the read to the device.
+WIRE_DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 
 
 class MegNpyDataset(RawAudioDataset):
@@ -61,6 +67,12 @@ class MegNpyDataset(RawAudioDataset):
     max_abs_value : float or None
         A crop holding a value with ``|x|`` above this raises :class:`MegDataError` naming
         the file (None or 0: no check; the task's default is :data:`MAX_ABS_VALUE`).
+    wire_dtype : {"float32", "float16"}
+        dtype of the crops and of the collated ``source``. ``"float16"`` halves the bytes
+        moved per batch; the value check and ``normalize`` still run in float32 on what was
+        read, and the crop is cast once, in the worker. float16 holds +-65504, far beyond
+        the default ``max_abs_value``, which must be set and at most that (unless
+        ``normalize``); values round to float16's 11-bit significand.
     """
 
     def __init__(
@@ -76,9 +88,23 @@ class MegNpyDataset(RawAudioDataset):
         num_buckets: int = 0,
         check_files: bool = True,
         max_abs_value: Optional[float] = None,
+        wire_dtype: str = "float32",
     ) -> None:
+        if wire_dtype not in WIRE_DTYPES:
+            raise MegDataError(
+                f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}, got {wire_dtype!r}"
+            )
         if max_abs_value is not None and not (max_abs_value >= 0 and np.isfinite(max_abs_value)):
             raise MegDataError(f"max_abs_value must be a finite number >= 0, got {max_abs_value}")
+        float16_max = float(torch.finfo(torch.float16).max)
+        bounded = 0 < (max_abs_value or 0) <= float16_max
+        if wire_dtype == "float16" and not normalize and not bounded:
+            # without the bound, a value beyond float16's range would silently become inf
+            raise MegDataError(
+                f"wire_dtype float16 holds |x| up to {float16_max:g}, but max_abs_value is "
+                f"{max_abs_value or 'disabled'}: set task.max_abs_value to at most "
+                f"{float16_max:g} (default 1000), or use task.wire_dtype=float32"
+            )
         super().__init__(
             sample_rate=sample_rate,
             max_sample_size=max_sample_size,
@@ -90,6 +116,7 @@ class MegNpyDataset(RawAudioDataset):
         self.manifest_path = manifest_path
         self.in_channels = in_channels
         self.max_abs_value = max_abs_value or None
+        self.wire_dtype = WIRE_DTYPES[wire_dtype]
         self.root_dir, rows, n_skipped = read_manifest(
             manifest_path, in_channels, min_sample_size or 0, check_files=check_files
         )
@@ -168,7 +195,9 @@ class MegNpyDataset(RawAudioDataset):
         # Crop here (not in the collater) so only the needed samples are read from disk.
         start = np.random.randint(0, size - length + 1) if size > length else 0
         source = torch.from_numpy(self.read_crop(index, start, length))
-        return {"id": index, "source": self.postprocess(source, self.sample_rate)}
+        # normalize in float32, then one cast to the wire dtype (a no-op for float32)
+        source = self.postprocess(source, self.sample_rate).to(self.wire_dtype)
+        return {"id": index, "source": source}
 
     def postprocess(self, feats: torch.Tensor, curr_sample_rate: int) -> torch.Tensor:
         """Optionally z-score each channel over time (no averaging across channels)."""
@@ -178,7 +207,8 @@ class MegNpyDataset(RawAudioDataset):
         """Batch ``(C, T_i)`` sources into ``(B, C, T)`` with an optional ``(B, T)`` padding mask.
 
         Without padding, every source is randomly cropped to the shortest in the batch;
-        with padding (``enable_padding``), shorter ones are zero-padded and masked.
+        with padding (``enable_padding``), shorter ones are zero-padded and masked. The
+        batch keeps the sources' dtype (``wire_dtype``).
         """
         samples = [s for s in samples if s["source"] is not None]
         if not samples:

@@ -11,12 +11,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional
 
+import torch
 from fairseq.data import iterators
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
 from ..constants import MAX_ABS_VALUE, N_SENSORS, SFREQ
-from ..data.meg_dataset import MegDataError, MegNpyDataset
+from ..data.meg_dataset import WIRE_DTYPES, MegDataError, MegNpyDataset
 
 
 class MegDataExit(SystemExit):
@@ -90,6 +91,16 @@ class MegPretrainingConfig(AudioPretrainingConfig):
             "disables the check"
         },
     )
+    wire_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the batches from the data-loader workers to the device: float32, "
+            "or float16 to move half the bytes (worker -> main process -> pinned memory -> "
+            "device); crops are checked and normalized in float32, cast once in the worker, "
+            "and cast to the model's dtype on the device. float16 holds +-65504 with an 11-bit "
+            "significand (about 3 decimal digits)"
+        },
+    )
     persistent_workers: bool = field(
         default=True,
         metadata={
@@ -127,6 +138,12 @@ class MegPretrainingTask(AudioPretrainingTask):
                     raise MegDataError(f"meg_pretraining does not support task.{unsupported}")
             if getattr(task_cfg, "precompute_mask_config", None) is not None:
                 raise MegDataError("meg_pretraining does not support task.precompute_mask_config")
+            wire_dtype = getattr(task_cfg, "wire_dtype", None) or "float32"  # older checkpoints
+            if wire_dtype not in WIRE_DTYPES:
+                raise MegDataError(
+                    f"task.wire_dtype={wire_dtype} is not supported: use "
+                    f"{' or '.join(WIRE_DTYPES)}"
+                )
 
             manifest_path = os.path.join(self.cfg.data, f"{split}.tsv")
             self.datasets[split] = MegNpyDataset(
@@ -140,9 +157,27 @@ class MegPretrainingTask(AudioPretrainingTask):
                 num_buckets=self.cfg.num_batch_buckets,
                 check_files=task_cfg.check_files,
                 max_abs_value=getattr(task_cfg, "max_abs_value", MAX_ABS_VALUE),
+                wire_dtype=wire_dtype,
             )
         except MegDataError as err:
             raise data_exit(err) from err
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's train step, ``source`` first cast to the model's dtype if it differs.
+
+        See :func:`match_source_dtype` (``task.wire_dtype=float16``).
+        """
+        return super().train_step(
+            match_source_dtype(sample, model), model, criterion, optimizer, update_num,
+            ignore_grad,
+        )
+
+    def valid_step(self, sample, model, criterion):
+        """fairseq's valid step, ``source`` first cast to the model's dtype if it differs.
+
+        See :func:`match_source_dtype` (``task.wire_dtype=float16``).
+        """
+        return super().valid_step(match_source_dtype(sample, model), model, criterion)
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         """fairseq's batch iterator, on which bad data becomes :class:`MegDataExit`.
@@ -166,6 +201,38 @@ class MegPretrainingTask(AudioPretrainingTask):
         ):
             epoch_iter.__class__ = _translating_class(type(epoch_iter))
         return epoch_iter
+
+
+def match_source_dtype(sample: Optional[dict], model: torch.nn.Module) -> Optional[dict]:
+    """Cast a batch's ``net_input.source`` to the dtype of the model's parameters, on its device.
+
+    The trainer calls the task's steps after moving the batch to the device and after its own
+    fp16/bf16 conversion (``Trainer._prepare_sample``, which converts float32 tensors only),
+    so a ``task.wire_dtype=float16`` batch arrives here still float16 when the model is
+    float32 (also under ``common.amp``) or bfloat16: the one cast happens here, on the device.
+    A source already in the model's dtype (float32 on the wire, or float16 with
+    ``common.fp16``) is passed on untouched.
+
+    Parameters
+    ----------
+    sample : dict or None
+        fairseq batch, ``{"id": ..., "net_input": {"source": (B, C, T), ...}}``.
+    model : torch.nn.Module
+        The model the batch goes to.
+
+    Returns
+    -------
+    dict or None
+        ``sample``, with ``net_input["source"]`` replaced when it was cast.
+    """
+    net_input = sample.get("net_input") if isinstance(sample, dict) else None
+    source = net_input.get("source") if isinstance(net_input, dict) else None
+    if not (torch.is_tensor(source) and source.is_floating_point()):
+        return sample
+    param = next(model.parameters(), None)
+    if param is None or param.dtype == source.dtype or not param.is_floating_point():
+        return sample
+    return {**sample, "net_input": {**net_input, "source": source.to(param.dtype)}}
 
 
 class _TranslatingEpochIterator:
