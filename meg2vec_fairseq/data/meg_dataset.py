@@ -172,7 +172,10 @@ class MegNpyDataset(RawAudioDataset):
         return f"{self.manifest_path}, line {self.line_numbers[index]} ({self.segment_path(index)})"
 
     def read_crop(self, index: int, start: int, length: int) -> np.ndarray:
-        """Read ``length`` samples from ``start`` of segment ``index`` as float32.
+        """Read ``length`` samples from ``start`` of segment ``index``.
+
+        float16 when the crops travel in float16 and need no normalisation (a float16 segment
+        is then never converted), else float32.
 
         Only the requested samples are read (memory map); NaN, inf or a value beyond
         ``max_abs_value`` raise a :class:`MegDataError` naming the manifest row and the file.
@@ -182,6 +185,9 @@ class MegNpyDataset(RawAudioDataset):
                 self.segment_path(index), start, length, self.max_abs_value,
                 hint="segments are expected z-scored (as make_manifest writes them): fix the "
                 "file, or raise or disable (0) task.max_abs_value",
+                dtype=np.float16
+                if self.wire_dtype == torch.float16 and not self.normalize
+                else np.float32,
             )
         except (OSError, ValueError) as err:
             raise MegDataError(f"{self._where(index)}: cannot read segment ({err})") from err

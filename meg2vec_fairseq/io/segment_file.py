@@ -48,7 +48,12 @@ def crop_value_problem(
 
 
 def read_crop(
-    path: str, start: int, length: int, max_abs_value: Optional[float], hint: str = ""
+    path: str,
+    start: int,
+    length: int,
+    max_abs_value: Optional[float],
+    hint: str = "",
+    dtype: np.dtype = np.float32,
 ) -> Tuple[np.ndarray, Tuple[int, ...], Optional[str]]:
     """Read samples ``start:start + length`` of every channel of a segment and check them.
 
@@ -63,11 +68,14 @@ def read_crop(
         First sample and number of samples (fewer come back at the segment's end).
     max_abs_value, hint
         As :func:`crop_value_problem`.
+    dtype : numpy dtype
+        dtype of the returned crop. The values are checked in the file's own dtype first, so
+        a value beyond the range of ``dtype`` is reported, not turned into inf.
 
     Returns
     -------
-    crop : ndarray, shape (channels, <= length), float32
-        A copy, not a view of the memory map.
+    crop : ndarray, shape (channels, <= length)
+        A copy in ``dtype``, not a view of the memory map.
     shape : tuple of int
         The whole segment's shape.
     problem : str or None
@@ -79,8 +87,9 @@ def read_crop(
         When NumPy cannot read the file.
     """
     array = np.load(path, mmap_mode="r", allow_pickle=False)
-    crop = np.array(array[..., start : start + length], dtype=np.float32)
-    return crop, tuple(array.shape), crop_value_problem(crop, start, max_abs_value, hint=hint)
+    crop = np.array(array[..., start : start + length])  # a copy in the file's dtype
+    problem = crop_value_problem(crop, start, max_abs_value, hint=hint)
+    return crop.astype(dtype, copy=False), tuple(array.shape), problem
 
 
 @dataclass(frozen=True)
