@@ -195,6 +195,36 @@ def test_pretext_runs_in_validation_and_the_encoder_hook_is_removed():
     assert not model.encoder._forward_hooks
 
 
+def test_separate_view_keeps_the_masked_prediction_input_untransformed():
+    """The pretext heads read a transformed copy; the wav2vec 2.0 forward sees ``source``."""
+    model = build_meg2vec(
+        in_channels=8, sample_rate=250, target_codebook_size=64,
+        pretext_band_stop="[(1,4),(8,13)]", pretext_phase_shift_classes=4,
+        pretext_separate_view=True,
+    ).train()
+    source = batch()["net_input"]["source"]
+    inputs, stashed = [], {}
+    model.feature_extractor.register_forward_hook(lambda _m, args, _o: inputs.append(args[0]))
+    original = model.quantizer.stash
+    model.quantizer.stash = lambda s, p=None: (stashed.setdefault("s", s), original(s, p))
+    out = model(source)
+    assert len(inputs) == 2  # the masked forward, then the unmasked pretext view
+    torch.testing.assert_close(inputs[0], source)
+    torch.testing.assert_close(stashed["s"], source)  # targets of the untransformed input
+    assert not torch.allclose(inputs[1], source)
+    assert not model.encoder._forward_hooks  # no capture hook in this mode
+    loss, _, logging = criterion([1.0, 10, 1.0, 1.0], ACCURACY_KEYS[:2])(model, batch())
+    assert np.isfinite(logging["pretext_band_stop_accuracy"])
+    loss.backward()
+    for name in ("band_stop", "phase_shift"):
+        assert model.pretext.heads[name].weight.grad.abs().sum() > 0, name
+    # the pretext gradient reaches the shared encoder through the view alone
+    model.zero_grad()
+    out = model(source)
+    (out["pretext_band_stop_loss"] + out["pretext_phase_shift_loss"]).backward()
+    assert model.feature_extractor.conv_layers[0][0].weight.grad.abs().sum() > 0
+
+
 def test_band_stop_head_learns_on_a_toy():
     """100 steps of a tiny model on white noise: far above chance (0.5), in a few seconds."""
     threads = torch.get_num_threads()

@@ -14,7 +14,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 
 * pretext heads after *The Brain's Bitter Lesson* (``pretext_band_stop``,
   ``pretext_phase_shift_classes``, ``pretext_amplitude_scale_classes``,
-  ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``; :mod:`.pretext`);
+  ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``, ``pretext_separate_view``;
+  :mod:`.pretext`);
 * frozen random-projection targets after BEST-RQ (``target_codebook_size``,
   ``target_codebook_dim``; :mod:`.targets`);
 * negatives near the positive in time (``negatives_max_distance``);
@@ -140,6 +141,15 @@ class Meg2VecConfig(Wav2Vec2Config):
         metadata={
             "help": "share of sensors, in (0, 1), that the phase-shift and amplitude-scale "
             "transforms touch (a new random subset per sample; at least one sensor)"
+        },
+    )
+    pretext_separate_view: bool = field(
+        default=False,
+        metadata={
+            "help": "run the pretext transforms on a second copy of the batch that only the "
+            "pretext heads see (one extra unmasked encoder forward), so that the masked "
+            "prediction objective trains on the untransformed input; False = the transformed "
+            "input replaces the source of the whole pre-training forward"
         },
     )
     target_codebook_size: int = field(
@@ -309,11 +319,13 @@ class Meg2VecModel(Wav2Vec2Model):
         """fairseq's forward, with the enabled objectives around it.
 
         In a pre-training forward (``mask`` and not ``features_only``), in this order: the
-        pretext transforms replace ``source`` (training and validation); the
-        random-projection targets are computed from it; in training mode, sensors are
-        zeroed (``mask_sensors_prob``); then :meth:`Wav2Vec2Model.forward` runs, its
-        encoder output captured by a forward hook for the pretext heads. Other calls
-        (feature extraction) are fairseq's forward unchanged.
+        pretext transforms replace ``source`` (training and validation), or with
+        ``pretext_separate_view`` make a second view; the random-projection targets are
+        computed from ``source``; in training mode, sensors are zeroed
+        (``mask_sensors_prob``); then :meth:`Wav2Vec2Model.forward` runs, its encoder output
+        captured by a forward hook for the pretext heads, or the pretext heads read an
+        unmasked ``features_only`` forward of the separate view. Other calls (feature
+        extraction) are fairseq's forward unchanged.
         """
         try:
             if not (mask and not features_only and self._objectives_on()):
@@ -321,15 +333,20 @@ class Meg2VecModel(Wav2Vec2Model):
                     source, padding_mask, mask=mask, features_only=features_only, **kwargs
                 )
             labels: Dict[str, torch.Tensor] = {}
+            view: Optional[torch.Tensor] = None
             if self.pretext is not None:
-                source, labels = self.pretext.transform(source, padding_mask)
+                transformed, labels = self.pretext.transform(source, padding_mask)
+                if self.cfg.pretext_separate_view:
+                    view = transformed
+                else:
+                    source = transformed
             if isinstance(self.quantizer, RandomProjectionQuantizer):
                 self.quantizer.stash(source, padding_mask)  # before sensor masking: full input
             if self.training and self.cfg.mask_sensors_prob > 0:
                 source = mask_sensors(source, self.cfg.mask_sensors_prob)
             captured: List[torch.Tensor] = []
             handle = None
-            if labels:
+            if labels and view is None:
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
                 )
@@ -340,7 +357,10 @@ class Meg2VecModel(Wav2Vec2Model):
             finally:
                 if handle is not None:
                     handle.remove()
-            if labels:
+            if view is not None:  # the heads read the transformed view, never masked
+                encoded = super().forward(view, padding_mask, mask=False, features_only=True)
+                result.update(self.pretext(encoded["x"], encoded["padding_mask"], labels))
+            elif labels:
                 result.update(self.pretext(captured[-1], result["padding_mask"], labels))
             return result
         finally:
