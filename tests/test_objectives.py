@@ -370,6 +370,21 @@ def test_padded_frames_are_never_targets():
     assert frame_padding[1].any() and not (seen["mask"] & frame_padding).any()
 
 
+def test_centred_targets_follow_sensor_power_and_zscored_ones_do_not():
+    """``crop_norm="center"``: scaling some sensors of a crop changes its codes; ``zscore``
+    (each sensor z-scored over the crop) gives the same codes whatever each sensor's power."""
+    source = batch(b=2, c=8, t=600)["net_input"]["source"]
+    louder = source.clone()
+    louder[:, :4] *= 3.0  # a sustained power change on half the sensors
+    for crop_norm, same in (("zscore", True), ("center", False)):
+        quantizer = RandomProjectionQuantizer(8, 10, 5, 64, 8, crop_norm=crop_norm)
+        equal = torch.equal(quantizer.codes(source), quantizer.codes(louder))
+        assert equal is same, crop_norm
+    centred = RandomProjectionQuantizer(8, 10, 5, 64, 8, crop_norm="center")
+    offset = source + 5.0  # a constant offset per sensor is still removed
+    assert torch.equal(centred.codes(source), centred.codes(offset))
+
+
 def test_sensor_masking_does_not_reach_the_random_projection_targets():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, mask_sensors_prob=0.5).train()
     source = batch()["net_input"]["source"]
@@ -504,6 +519,7 @@ def test_wav2vec_criterion_under_bf16_autocast(options):
         ({"target_codebook_size": 1}, "target_codebook_size=1"),
         ({"target_codebook_size": 8, "codebook_negatives": 2}, "codebook_negatives"),
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
+        ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
     ],
 )
 def test_bad_options_are_one_line_errors_at_build(options, message):

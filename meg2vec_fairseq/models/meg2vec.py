@@ -17,7 +17,7 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``, ``pretext_separate_view``;
   :mod:`.pretext`);
 * frozen random-projection targets after BEST-RQ (``target_codebook_size``,
-  ``target_codebook_dim``; :mod:`.targets`);
+  ``target_codebook_dim``, ``target_crop_norm``; :mod:`.targets`);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``).
 
@@ -67,7 +67,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from .pretext import PretextTasks, parse_bands
-from .targets import RandomProjectionQuantizer
+from .targets import CROP_NORMS, RandomProjectionQuantizer
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
 # receptive field 60 samples (240 ms). See the README for the reasoning.
@@ -167,6 +167,15 @@ class Meg2VecConfig(Wav2Vec2Config):
         default=16,
         metadata={
             "help": "dimension of the random projection and codebook of target_codebook_size"
+        },
+    )
+    target_crop_norm: str = field(
+        default="zscore",
+        metadata={
+            "help": "per-sensor normalisation of each crop before the random projection of "
+            "target_codebook_size: 'zscore' (the codes ignore each sensor's power in the crop) "
+            "or 'center' (mean removed only: segments are z-scored per recording by "
+            "make_manifest, so the codes also follow sustained changes of sensor power)"
         },
     )
     negatives_max_distance: int = field(
@@ -279,6 +288,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 stride=stride,
                 codebook_size=cfg.target_codebook_size,
                 codebook_dim=cfg.target_codebook_dim,
+                crop_norm=getattr(cfg, "target_crop_norm", "zscore"),
             )
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
             self.project_q = nn.Linear(cfg.target_codebook_dim, final_dim)  # trainable
@@ -510,6 +520,9 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"target_codebook_size={cfg.target_codebook_size}: must be 0 (off) or >= 2")
     if cfg.target_codebook_dim < 1:
         fail(f"target_codebook_dim={cfg.target_codebook_dim}: must be >= 1")
+    crop_norm = getattr(cfg, "target_crop_norm", "zscore")
+    if crop_norm not in CROP_NORMS:
+        fail(f"target_crop_norm={crop_norm!r}: must be one of {', '.join(CROP_NORMS)}")
     if cfg.target_codebook_size > 0:
         for name in ("negatives_from_everywhere", "codebook_negatives", "quantize_input"):
             if getattr(cfg, name):
