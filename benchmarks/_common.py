@@ -1,5 +1,6 @@
 """Shared helpers of the benchmarks: shipped configs -> models, and timed train steps."""
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -14,35 +15,34 @@ from omegaconf import OmegaConf
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel  # noqa: E402
+from meg2vec_fairseq.configs import load_pretraining_config  # noqa: E402
+from meg2vec_fairseq.models.meg2vec import Meg2VecModel  # noqa: E402
+from meg2vec_fairseq.probing.sources import build_random_model  # noqa: E402
 
 
 def shipped_config(name: str):
-    """The full (unresolved) yaml of ``config/pretraining/{name}.yaml``."""
-    return OmegaConf.load(REPO_ROOT / "config" / "pretraining" / f"{name}.yaml")
-
-
-def model_fields(name: str) -> Dict[str, object]:
-    """The model section of a shipped config, without the fairseq registry name."""
-    cfg = shipped_config(name)
-    fields = OmegaConf.to_container(cfg.model, resolve=False)
-    fields.pop("_name")
-    fields["in_channels"] = cfg.task.in_channels
-    return fields
+    """``config/pretraining/{name}.yaml`` composed as hydra does (interpolations unresolved)."""
+    return load_pretraining_config(name)
 
 
 def build_meg2vec(name: str, in_channels: Optional[int] = None) -> Meg2VecModel:
-    """meg2vec as a shipped config builds it (``in_channels`` overrides the sensor count)."""
-    fields = model_fields(name)
-    if in_channels is not None:
-        fields["in_channels"] = in_channels
-    return Meg2VecModel(OmegaConf.structured(Meg2VecConfig(**fields)))
+    """meg2vec as a shipped config builds it (``in_channels`` overrides the sensor count).
+
+    Weights come from torch's current random state (seed it first for repeatable runs).
+    """
+    model, _normalize = build_random_model(name, None, in_channels)
+    return model.train()
 
 
 def build_audio_wav2vec2(name: str) -> Wav2Vec2Model:
-    """fairseq's plain audio wav2vec2 with the same dimensions and conv stack (1 input channel)."""
-    fields = model_fields(name)
-    fields.pop("in_channels")
+    """fairseq's plain audio wav2vec2 with the same dimensions and conv stack (1 input channel).
+
+    The model section of the shipped config, less the fields only meg2vec has (its objective,
+    ``in_channels``, ``sample_rate``).
+    """
+    fields = OmegaConf.to_container(shipped_config(name).model, resolve=False)
+    known = {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+    fields = {k: v for k, v in fields.items() if k in known}
     return Wav2Vec2Model(OmegaConf.structured(Wav2Vec2Config(**fields)))
 
 

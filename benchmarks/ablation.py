@@ -45,6 +45,8 @@ sys.path.insert(0, REPO_ROOT)
 
 import probe_synthetic as ps  # noqa: E402
 
+from meg2vec_fairseq.probing.report import write_json  # noqa: E402
+
 #: The seed's plain wav2vec 2.0 objective on top of the shipped config (its yaml comment).
 PLAIN_WAV2VEC2: List[str] = ["model.extractor_mode=default", "model.target_codebook_size=0",
                              "model.mask_sensors_prob=0"]
@@ -317,7 +319,7 @@ def main(argv=None) -> int:
                         for job in pretrain_jobs + eval_jobs]
     combined["wall_s"] = time.time() - start
     combined["data"] = data["dir"]
-    ps.pr.write_json(combined, os.path.join(out, "ablation.json"))
+    write_json(combined, os.path.join(out, "ablation.json"))
     table = markdown(combined, args)
     with open(os.path.join(out, "ablation.md"), "w") as f:
         f.write(table)

@@ -15,10 +15,11 @@ fine-tune two tasks on held-out recordings.
 3. Pre-training: ``fairseq-hydra-train`` with ``--config`` once per ``--pretrain-seeds`` seed
    (``common.seed``; separate checkpoint directories), for ``--max-update`` updates or the
    ``--budget-minutes`` wall-clock budget, whichever comes first; ``--set`` adds overrides.
-4. Evaluation on each task's test split: linear probes (:mod:`meg2vec_fairseq.probe`) of the
+4. Evaluation on each task's test split: linear probes (:mod:`meg2vec_fairseq.probing`) of the
    checkpoint (``--layers``), the same architecture with fresh weights, and the raw sensors;
-   fine-tuning (:mod:`meg2vec_fairseq.finetune`) from the checkpoint and from fresh weights with
-   ``--finetune-fractions`` of the training windows; ``--seeds`` probe/fine-tune seeds each.
+   fine-tuning (:mod:`meg2vec_fairseq.probing.finetune`) from the checkpoint and from fresh
+   weights with ``--finetune-fractions`` of the training windows; ``--seeds`` probe/fine-tune
+   seeds each.
    Spreads of checkpoint rows are over pre-training seeds x probe seeds.
 
 Writes ``OUT/result.json`` (everything, per pre-training seed and aggregated), ``OUT/table.md``,
@@ -53,35 +54,27 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from meg2vec_fairseq import probe as pr  # noqa: E402
+from meg2vec_fairseq.fairseq_logs import parse_fairseq_log  # noqa: E402
+from meg2vec_fairseq.features import parse_layer  # noqa: E402
+from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows  # noqa: E402
+from meg2vec_fairseq.probing.metrics import chance_levels, summarise  # noqa: E402
+from meg2vec_fairseq.probing.report import plot_result, write_json  # noqa: E402
+from meg2vec_fairseq.probing.run import run_probe  # noqa: E402
+from meg2vec_fairseq.probing.sources import (  # noqa: E402
+    ModelSource,
+    RawSource,
+    SourceSpec,
+    build_random_model,
+    checkpoint_source,
+    random_init_spec,
+)
+from meg2vec_fairseq.probing.windows import SPLITS, load_manifest_labels  # noqa: E402
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset  # noqa: E402
 
 TRAIN_KEYS = ("loss", "accuracy", "prob_perplexity", "code_perplexity", "temp", "lr",
               "loss_0", "loss_1", "loss_2")
 TASKS = ("event", "state")
 PROBE_SEGMENT_SECONDS = 10.0  # probe segments: long enough for full context around spans
-def parse_json_log(text: str) -> Dict[str, List[Dict[str, float]]]:
-    """fairseq ``common.log_format=json`` lines -> {"train_inner": [...], "valid": [...]}."""
-    records: Dict[str, List[Dict[str, float]]] = {"train_inner": [], "valid": [], "train": []}
-    for line in text.splitlines():
-        for prefix in records:
-            tag = f"[{prefix}][INFO] - "
-            if tag in line:
-                try:
-                    raw = json.loads(line.split(tag, 1)[1])
-                except json.JSONDecodeError:
-                    continue
-                record = {}
-                for key, value in raw.items():
-                    key = key[len(prefix) + 1:] if key.startswith(prefix + "_") else key
-                    try:
-                        record[key] = float(value)
-                    except (TypeError, ValueError):
-                        pass
-                records[prefix].append(record)
-    return records
-
-
 def generator_config(args) -> SyntheticMEGConfig:
     """The generator settings of a run (states on: the ``state`` task needs them)."""
     return SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,
@@ -134,7 +127,7 @@ def write_labels(dest: str, n_recordings: int, window: float, state_window: floa
 
     with open(os.path.join(dest, "states.tsv")) as f:
         blocks = list(csv.DictReader(f, delimiter="\t"))
-    candidates: Dict[str, Dict[str, List[str]]] = {s: {"on": [], "off": []} for s in pr.SPLITS}
+    candidates: Dict[str, Dict[str, List[str]]] = {s: {"on": [], "off": []} for s in SPLITS}
     margin = 0.25
     for block in blocks:
         low = max(float(block["start_s"]) + margin, context)
@@ -148,7 +141,7 @@ def write_labels(dest: str, n_recordings: int, window: float, state_window: floa
             start += state_window
     rng = np.random.default_rng(seed)
     lines = []
-    for split in pr.SPLITS:
+    for split in SPLITS:
         n = min(len(candidates[split]["on"]), len(candidates[split]["off"]))
         for state in ("off", "on"):
             rows = candidates[split][state]
@@ -257,7 +250,10 @@ def pretrain(command: Sequence[str], log_path: str, threads: Optional[int] = Non
 def read_log(log_path: str) -> Dict[str, object]:
     """The command (first line) and parsed JSON log of a finished pre-training run."""
     with open(log_path) as f:
-        return {"command": f.readline().split(), "wall_s": None, "log": parse_json_log(f.read())}
+        command = f.readline().split()
+        text = f.read()
+    log = {prefix: parse_fairseq_log(text, prefix) for prefix in ("train_inner", "valid", "train")}
+    return {"command": command, "wall_s": None, "log": log}
 
 
 def training_summary(training: Dict[str, object]) -> Dict[str, object]:
@@ -333,20 +329,17 @@ def _strip(run: Dict[str, object], **extra) -> Dict[str, object]:
 def evaluate_checkpoints(dataset, windows, checkpoints: Dict[int, str], args, device: str,
                          log) -> Dict[str, List[Dict[str, object]]]:
     """Probe rows per ``--layers`` and fine-tune rows of each pre-training seed's checkpoint."""
-    from meg2vec_fairseq.features import parse_layer
-    from meg2vec_fairseq.finetune import FinetuneOptions, finetune
-
     rows: Dict[str, List[Dict[str, object]]] = {}
     for pretrain_seed, path in checkpoints.items():
-        trained = pr.checkpoint_source(path)
+        trained = checkpoint_source(path)
         model = trained.model.to(device)
         specs = []
         for text in args.layers:
             suffix = "" if text == args.layers[0] else f" (layer {text})"
-            source = pr.ModelSource(model, parse_layer(text), trained.normalize,
+            source = ModelSource(model, parse_layer(text), trained.normalize,
                                     name="checkpoint" + suffix, origin=path)
-            specs.append(pr.SourceSpec("checkpoint" + suffix, lambda seed, s=source: s))
-        result = pr.run_probe(dataset, specs, args.seeds, log=log)
+            specs.append(SourceSpec("checkpoint" + suffix, lambda seed, s=source: s))
+        result = run_probe(dataset, specs, args.seeds, log=log)
         for source in result["sources"]:
             rows.setdefault(f"probe {source['name']}", []).extend(
                 _strip(r, pretrain_seed=pretrain_seed) for r in source["per_seed"])
@@ -365,24 +358,13 @@ def evaluate_checkpoints(dataset, windows, checkpoints: Dict[int, str], args, de
 def evaluate_baselines(dataset, windows, architecture: str, args, device: str,
                        log) -> Dict[str, List[Dict[str, object]]]:
     """Random-init probe rows (fresh weights per seed), raw sensors, random-init fine-tuning."""
-    from meg2vec_fairseq.features import parse_layer
-    from meg2vec_fairseq.finetune import FinetuneOptions, finetune
-
     specs = []
     for text in args.layers:
         suffix = "" if text == args.layers[0] else f" (layer {text})"
-
-        layer = parse_layer(text)
-
-        def random_source(seed, layer=layer, suffix=suffix):
-            model, normalize = pr.build_random_model(architecture, seed, dataset.n_channels)
-            return pr.ModelSource(model.to(device), layer, normalize,
-                                  name="random-init" + suffix, kind="random-init",
-                                  origin=architecture)
-
-        specs.append(pr.SourceSpec("random-init" + suffix, random_source, seeded=True))
-    specs.append(pr.SourceSpec("raw", lambda seed: pr.RawSource()))
-    result = pr.run_probe(dataset, specs, args.seeds, log=log)
+        specs.append(random_init_spec(architecture, parse_layer(text), dataset.n_channels,
+                                      device, name="random-init" + suffix))
+    specs.append(SourceSpec("raw", lambda seed: RawSource()))
+    result = run_probe(dataset, specs, args.seeds, log=log)
     rows: Dict[str, List[Dict[str, object]]] = {}
     for source in result["sources"]:
         rows[f"probe {source['name']}"] = [_strip(r) for r in source["per_seed"]]
@@ -390,7 +372,7 @@ def evaluate_baselines(dataset, windows, architecture: str, args, device: str,
     for fraction in args.finetune_fractions:
         name = f"fine-tune {fraction_name(fraction)} random-init"
         for seed in args.seeds:
-            model, normalize = pr.build_random_model(architecture, seed, dataset.n_channels)
+            model, normalize = build_random_model(architecture, seed, dataset.n_channels)
             run = finetune(dataset, model, normalize, fraction, seed, options, device=device,
                            windows=windows)
             log(f"{name} seed {seed}: best epoch {run['best_epoch']}, test macro-F1 "
@@ -403,13 +385,13 @@ def summarise_row(runs: List[Dict[str, object]]) -> Dict[str, object]:
     """Mean ± std over all runs (pre-training seeds x probe seeds) and per pre-training seed."""
     row: Dict[str, object] = {
         "runs": runs,
-        "macro_f1": pr.summarise([r["macro_f1"] for r in runs]),
-        "balanced_accuracy": pr.summarise([r["balanced_accuracy"] for r in runs]),
+        "macro_f1": summarise([r["macro_f1"] for r in runs]),
+        "balanced_accuracy": summarise([r["balanced_accuracy"] for r in runs]),
     }
     seeds = sorted({r["pretrain_seed"] for r in runs if "pretrain_seed" in r})
     if seeds:
         row["by_pretrain_seed"] = {
-            str(s): {m: pr.summarise([r[m] for r in runs if r.get("pretrain_seed") == s])
+            str(s): {m: summarise([r[m] for r in runs if r.get("pretrain_seed") == s])
                      for m in ("macro_f1", "balanced_accuracy")} for s in seeds}
     return row
 
@@ -473,12 +455,12 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def plot_task(entry: Dict[str, object], task: str, path: str) -> None:
-    """Bar chart of every row of one task (probe.plot_result's layout)."""
+    """Bar chart of every row of one task (probing.report.plot_result's layout)."""
     sources = [{"name": name, "per_seed": entry["rows"][name]["runs"],
                 "macro_f1": entry["rows"][name]["macro_f1"],
                 "balanced_accuracy": entry["rows"][name]["balanced_accuracy"]}
                for name in ordered_rows(list(entry["rows"]))]
-    pr.plot_result({"dataset": {"name": task}, "chance": entry["chance"], "sources": sources},
+    plot_result({"dataset": {"name": task}, "chance": entry["chance"], "sources": sources},
                    path)
 
 
@@ -594,11 +576,9 @@ def main(argv=None) -> int:
     architecture = args.random_init_from or (
         next(iter(checkpoints.values())) if checkpoints else args.config)
 
-    from meg2vec_fairseq.finetune import read_windows
-
     tasks: Dict[str, object] = {}
     for task in args.tasks:
-        dataset = pr.load_manifest_labels(
+        dataset = load_manifest_labels(
             os.path.join(data["probe"], "train.tsv"),
             os.path.join(data["probe"], f"labels_{task}.tsv"),
             sample_rate=SyntheticMEGConfig.sfreq, context=args.context)
@@ -608,13 +588,13 @@ def main(argv=None) -> int:
             rows.update(evaluate_checkpoints(dataset, windows, checkpoints, args, device, log))
         if args.evaluate in ("all", "baselines"):
             rows.update(evaluate_baselines(dataset, windows, architecture, args, device, log))
-        labels = {s: dataset.labels(s) for s in pr.SPLITS}
+        labels = {s: dataset.labels(s) for s in SPLITS}
         n_classes = len(dataset.class_names)
         tasks[task] = {
             "classes": dataset.class_names,
             "counts": {s: np.bincount(labels[s], minlength=n_classes).tolist()
-                       for s in pr.SPLITS},
-            "chance": pr.chance_levels(labels["test"], n_classes),
+                       for s in SPLITS},
+            "chance": chance_levels(labels["test"], n_classes),
             "rows": {name: summarise_row(runs) for name, runs in rows.items()},
         }
         plot_task(tasks[task], task, os.path.join(out, f"probe_{task}.png"))
@@ -627,7 +607,7 @@ def main(argv=None) -> int:
         "random_init_architecture": architecture,
         "tasks": tasks,
     }
-    pr.write_json(result, os.path.join(out, "result.json"))
+    write_json(result, os.path.join(out, "result.json"))
     table = markdown_tables(result)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)

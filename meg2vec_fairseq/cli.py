@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import stat
 import sys
-from typing import Callable, List, NoReturn, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, NoReturn, Optional, Sequence
 
 #: Exit status of a tool stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
@@ -32,6 +33,34 @@ class ToolParser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- option types
+
+
+def option_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """Library parameter name -> how the command line spells it (``--flag`` or METAVAR)."""
+    flags: Dict[str, str] = {}
+    for action in parser._actions:
+        if action.option_strings:
+            long = [o for o in action.option_strings if o.startswith("--")]
+            flags.setdefault(action.dest, (long or action.option_strings)[0])
+        elif action.dest not in ("help", argparse.SUPPRESS):
+            flags.setdefault(action.dest, action.metavar or action.dest.upper())
+    return flags
+
+
+def flag_message(message: str, flags: Mapping[str, str]) -> str:
+    """A library message in command-line words: ``name=value`` -> ``--flag value``.
+
+    ``name=True`` becomes the bare flag; names that are no option stay as they are.
+    """
+
+    def word(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        return flags[name] if value == "True" else f"{flags[name]} {value}"
+
+    return re.sub(r"\b([a-z][a-z0-9_]*)=(True\b|)", word, message)
+
 
 
 def _number(text: str, kind: Callable[[str], float]) -> float:

@@ -1,10 +1,13 @@
-"""Read the summary lines fairseq's trainer and validator print (``log_format=simple``)."""
+"""Read the summary lines fairseq's trainer and validator print (``simple`` or ``json`` format)."""
 
-from typing import Dict, List
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional
 
 
 def parse_fairseq_log(text: str, prefix: str) -> List[Dict[str, float]]:
-    """Numeric ``key value`` pairs of fairseq's ``|``-separated lines tagged ``[prefix]``.
+    """Numeric statistics of fairseq's log lines tagged ``[prefix]``.
 
     Parameters
     ----------
@@ -17,10 +20,25 @@ def parse_fairseq_log(text: str, prefix: str) -> List[Dict[str, float]]:
     Returns
     -------
     list of dict
-        One dict per matching line, in order.
+        One dict per matching line, in order: statistic name -> value (non-numeric values
+        are left out).
+
+    Notes
+    -----
+    Both of fairseq's line formats are read: ``common.log_format=simple`` (``|``-separated
+    ``key value`` pairs, or ``key=value`` pairs on ``train_inner`` lines) and
+    ``common.log_format=json`` (a JSON object after the tag; keys lose their ``prefix_``, so
+    ``valid_loss`` reads ``loss`` as in the simple format). A JSON line that does not decode is
+    skipped.
     """
     records = []
+    tag = f"[{prefix}][INFO] - "
     for line in text.splitlines():
+        if tag in line and line.split(tag, 1)[1].lstrip().startswith("{"):
+            record = _json_record(line.split(tag, 1)[1], prefix)
+            if record is not None:
+                records.append(record)
+            continue
         if f"[{prefix}][INFO]" not in line and f"| {prefix} |" not in line:
             continue
         if " | " in line:
@@ -37,3 +55,19 @@ def parse_fairseq_log(text: str, prefix: str) -> List[Dict[str, float]]:
                     pass
         records.append(record)
     return records
+
+
+def _json_record(text: str, prefix: str) -> Optional[Dict[str, float]]:
+    """The numeric entries of one ``log_format=json`` object, ``prefix_`` dropped from keys."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    record = {}
+    for key, value in raw.items():
+        key = key[len(prefix) + 1 :] if key.startswith(prefix + "_") else key
+        try:
+            record[key] = float(value)
+        except (TypeError, ValueError):
+            pass
+    return record

@@ -7,10 +7,12 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, MegNpyDataset
+from .constants import MAX_ABS_VALUE
+from .data.meg_dataset import MegDataError, MegNpyDataset
 from .features import extract_features, load_meg2vec
+from .io.atomic import atomic_save_npy
+from .io.manifest import write_manifest
 from .models.meg2vec import conv_frame_geometry
-from .preprocessing.segments import atomic_save_npy, atomic_write_text
 
 
 def write_manifest_features(
@@ -59,7 +61,7 @@ def write_manifest_features(
         in_channels=task_cfg.in_channels,
         shuffle=False,
         normalize=task_cfg.normalize,
-        max_abs_value=getattr(task_cfg, "max_abs_value", DEFAULT_MAX_ABS_VALUE),
+        max_abs_value=getattr(task_cfg, "max_abs_value", MAX_ABS_VALUE),
     )
     receptive_field, _ = conv_frame_geometry(model.cfg.conv_feature_layers)
     too_short = [i for i, size in enumerate(dataset.sizes) if size < receptive_field]
@@ -79,9 +81,9 @@ def write_manifest_features(
         path = os.path.join(dest, dataset.relative_paths[index])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_save_npy(path, features)
-        rows.append(f"{dataset.relative_paths[index]}\t{features.shape[0]}")
+        rows.append((dataset.relative_paths[index], features.shape[0]))
     index_path = os.path.join(dest, "features.tsv")
-    atomic_write_text(index_path, "\n".join([dest, *rows]) + "\n")
+    write_manifest(index_path, dest, rows)
     return {
         "segments": len(rows),
         "frames": int(features.shape[0]),

@@ -26,7 +26,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .preprocessing.segments import atomic_save_npy, atomic_write_text
+from .constants import N_SENSORS, SFREQ
+from .io.atomic import atomic_save_npy
+from .io.manifest import write_manifest
 
 #: Event kinds: (duration in s, carrier frequency in Hz or 0 for an evoked-like waveform).
 EVENT_KINDS: Tuple[Tuple[float, float], ...] = (
@@ -41,8 +43,8 @@ EVENT_KINDS: Tuple[Tuple[float, float], ...] = (
 class SyntheticMEGConfig:
     """Parameters of the synthetic generator (defaults: LibriBrain-like 306 x 250 Hz)."""
 
-    n_channels: int = 306
-    sfreq: float = 250.0
+    n_channels: int = N_SENSORS
+    sfreq: float = SFREQ
     n_background_sources: int = 32
     n_event_kinds: int = 4
     events_per_second: float = 0.8
@@ -312,7 +314,7 @@ def write_synthetic_dataset(
     config = config or SyntheticMEGConfig()
     dest = os.path.abspath(dest)
     segment_samples = int(round(segment_seconds * config.sfreq))
-    rows: Dict[str, List[str]] = {"train": [], "valid": []}
+    rows: Dict[str, List[Tuple[str, int]]] = {"train": [], "valid": []}
     event_rows: List[Tuple[str, int, int]] = []
     state_rows: List[Tuple[str, str, str, str]] = []
     for recording in range(n_recordings):
@@ -326,7 +328,7 @@ def write_synthetic_dataset(
             relative = f"segments/rec-{recording:03d}/seg-{index:04d}.npy"
             segment = data[:, start : start + segment_samples].astype(dtype)
             atomic_save_npy(os.path.join(dest, relative), segment, fsync=False)
-            rows[split].append(f"{relative}\t{segment_samples}")
+            rows[split].append((relative, segment_samples))
             for onset, kind in events:
                 if start <= onset < start + segment_samples:
                     event_rows.append((relative, onset - start, kind))
@@ -337,7 +339,7 @@ def write_synthetic_dataset(
                                        f"{(b - start) / config.sfreq:.4f}",
                                        "on" if state else "off"))
     for split, lines in rows.items():  # manifests last, so they never list a missing segment
-        atomic_write_text(os.path.join(dest, f"{split}.tsv"), "\n".join([dest, *lines]) + "\n")
+        write_manifest(os.path.join(dest, f"{split}.tsv"), dest, lines)
     with open(os.path.join(dest, "events.tsv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["segment", "onset_sample", "kind"])

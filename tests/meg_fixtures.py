@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from meg2vec_fairseq.fairseq_logs import parse_fairseq_log  # noqa: F401  (re-exported)
+from meg2vec_fairseq.io.manifest import write_manifest as write_manifest_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -27,9 +28,9 @@ def write_manifest(
         name = f"{split}-{i:03d}.npy"
         np.save(dest / name, array)
         length = array.shape[-1] if lengths is None else lengths[i]
-        rows.append(f"{name}\t{length}")
+        rows.append((name, length))
     manifest = dest / f"{split}.tsv"
-    manifest.write_text("\n".join([str(dest), *rows]) + "\n")
+    write_manifest_file(manifest, dest, rows, fsync=False)
     return manifest
 
 
@@ -48,3 +49,26 @@ def run_command(
     return subprocess.run(
         list(args), cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
     )
+
+
+class ToolRun:
+    """``tools/<name>.py`` run as a user runs it (a subprocess), with its ``main``'s face.
+
+    ``main(argv)`` returns the exit status and replays the tool's stdout/stderr (so
+    ``capsys`` sees them); an argparse usage error or ``--help`` raises ``SystemExit`` with
+    the exit status, as the tool's own ``main`` does.
+    """
+
+    def __init__(self, name: str):
+        self.path = REPO_ROOT / "tools" / f"{name}.py"
+
+    def main(self, argv: Sequence) -> int:
+        argv = [str(a) for a in argv]
+        out = subprocess.run([sys.executable, str(self.path), *argv], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=600)
+        sys.stdout.write(out.stdout)
+        sys.stderr.write(out.stderr)
+        if (out.returncode == 2 and out.stderr.startswith("usage:")) or (
+                out.returncode == 0 and ("--help" in argv or "-h" in argv)):
+            raise SystemExit(out.returncode)
+        return out.returncode

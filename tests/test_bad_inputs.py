@@ -8,7 +8,6 @@ their real argument parsing; fast); the fairseq commands and one case per tool r
 subprocesses from the repository root.
 """
 
-import importlib.util
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import pytest
 from meg_fixtures import (
     REPO_ROOT,
     VENV_BIN,
+    ToolRun,
     parse_fairseq_log,
     random_segments,
     run_command,
@@ -35,11 +35,7 @@ TOOLS = ("make_manifest", "make_demo_data", "extract_features", "probe")
 
 
 def _load(name):
-    path = REPO_ROOT / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ToolRun(name)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ from fairseq.models.wav2vec.wav2vec2 import GumbelVectorQuantizer
 from meg_fixtures import random_segments, write_manifest
 from omegaconf import OmegaConf
 
-from meg2vec_fairseq import probe as pr
+from meg2vec_fairseq import configs
+from meg2vec_fairseq.errors import InputError
 from meg2vec_fairseq.models.targets import RandomProjectionQuantizer
+from meg2vec_fairseq.probing import sources as pr
 from meg2vec_fairseq.tasks.meg_pretraining import MegPretrainingConfig, MegPretrainingTask
 
 CONFIGS = ("meg2vec_tiny", "meg2vec_small", "meg2vec_base")
@@ -19,7 +21,7 @@ PLAIN_WAV2VEC2 = {"extractor_mode": "default", "target_codebook_size": 0, "mask_
 
 
 def load(name: str):
-    return OmegaConf.load(pr.resolve_config_path(name))
+    return configs.load_pretraining_config(name)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -39,13 +41,14 @@ def _tiny_with(tmp_path: Path, **model_fields) -> str:
     raw = load("meg2vec_tiny")
     for key, value in model_fields.items():
         raw.model[key] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "tiny.yaml"
     OmegaConf.save(raw, path)
     return str(path)
 
 
 def test_plain_wav2vec2_is_one_override_line_away(tmp_path):
-    shipped, _ = pr.build_random_model("meg2vec_tiny", 0, 16)
+    shipped, _ = pr.build_random_model(_tiny_with(tmp_path / "shipped"), 0, 16)
     plain, _ = pr.build_random_model(_tiny_with(tmp_path, **PLAIN_WAV2VEC2), 0, 16)
     assert isinstance(shipped.quantizer, RandomProjectionQuantizer)
     assert isinstance(plain.quantizer, GumbelVectorQuantizer)
@@ -57,7 +60,7 @@ def test_plain_wav2vec2_is_one_override_line_away(tmp_path):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_data_loader_workers_are_not_persistent(name, tmp_path):
-    """fairseq's persistent workers kept GPU jobs alive after training (README, GPU)."""
+    """fairseq's persistent workers kept GPU jobs alive after training (docs/gpu.md)."""
     task_cfg = load(name).task
     assert task_cfg.persistent_workers is False
     write_manifest(tmp_path, random_segments(2, channels=task_cfg.in_channels))
@@ -68,3 +71,70 @@ def test_data_loader_workers_are_not_persistent(name, tmp_path):
     iterator = task.get_batch_iterator(task.dataset("train"), max_tokens=10**6, num_workers=1)
     assert iterator.num_workers == 1
     assert iterator.persistent_workers is False
+
+
+# --------------------------------------------------------------------------------------------
+# The three sizes share _meg2vec_common.yaml through a hydra defaults list
+# --------------------------------------------------------------------------------------------
+
+
+def _leaf_keys(cfg, prefix: str = "") -> set:
+    """Dotted names of the leaves of a config (values are not resolved)."""
+    if OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    keys = set()
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            keys |= _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_loader_composes_as_hydra_does(name):
+    """load_pretraining_config == hydra's compose API (fairseq's hydra version_base 1.1)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(configs.CONFIG_DIR), version_base="1.1"):
+        expected = compose(config_name=name)
+    ours = load(name)
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(expected)
+    assert ours.model.in_channels == 306 and ours.model._name == "meg2vec"
+    assert OmegaConf.is_missing(ours.task, "data")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_size_file_and_common_part_share_no_key(name):
+    """The size file is merged first (see _meg2vec_common.yaml): a key in both is a mistake."""
+    size = OmegaConf.load(configs.resolve_config_path(name))
+    assert list(size.defaults) == ["_self_", "_meg2vec_common"]
+    size.pop("defaults")
+    common = OmegaConf.load(configs.CONFIG_DIR / "_meg2vec_common.yaml")
+    assert not _leaf_keys(size) & _leaf_keys(common)
+    hydra_node = {key for key in _leaf_keys(common) if key.startswith("hydra.")}
+    assert _leaf_keys(load(name)) == _leaf_keys(size) | (_leaf_keys(common) - hydra_node)
+
+
+def test_resolve_config_path(tmp_path):
+    tiny = configs.CONFIG_DIR / "meg2vec_tiny.yaml"
+    assert configs.resolve_config_path("meg2vec_tiny") == tiny
+    assert configs.resolve_config_path("meg2vec_tiny.yaml") == tiny
+    assert configs.resolve_config_path(str(tiny)) == tiny
+    with pytest.raises(InputError, match="meg2vec_huge"):
+        configs.resolve_config_path("meg2vec_huge")
+
+
+def test_yaml_without_defaults_and_bad_defaults(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("hydra:\n  run:\n    dir: .\nmodel:\n  _name: meg2vec\n")
+    assert OmegaConf.to_container(configs.load_pretraining_config(plain)) == {
+        "model": {"_name": "meg2vec"}}
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("defaults:\n  - model: meg2vec\n")
+    with pytest.raises(InputError, match="grouped.yaml: defaults entry"):
+        configs.load_pretraining_config(grouped)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("defaults:\n  - loop\n")
+    with pytest.raises(InputError, match="circular"):
+        configs.load_pretraining_config(loop)

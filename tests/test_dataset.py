@@ -191,10 +191,10 @@ def test_absurd_finite_values_are_refused_naming_the_row_and_file(tmp_path):
 
 
 def test_task_default_bound_leaves_z_scored_data_alone(tmp_path):
-    from meg2vec_fairseq.data.meg_dataset import DEFAULT_MAX_ABS_VALUE
+    from meg2vec_fairseq.constants import MAX_ABS_VALUE
 
     segment = random_segments(1, samples=400)[0] * 30  # 30-sigma excursions
-    dataset = load(write_manifest(tmp_path, [segment]), max_abs_value=DEFAULT_MAX_ABS_VALUE)
+    dataset = load(write_manifest(tmp_path, [segment]), max_abs_value=MAX_ABS_VALUE)
     assert dataset[0]["source"].shape == (306, 400)
 
 

@@ -1,12 +1,15 @@
-"""Fine-tuning an encoder + linear head on labelled windows (meg2vec_fairseq.finetune)."""
+"""Fine-tuning an encoder + linear head on labelled windows (meg2vec_fairseq.probing.finetune)."""
 
 import csv
 
 import numpy as np
 import pytest
 
-from meg2vec_fairseq import probe as pr
-from meg2vec_fairseq.finetune import FinetuneOptions, finetune, read_windows
+from meg2vec_fairseq.probing.classifier import stratified_subset
+from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows
+from meg2vec_fairseq.probing.metrics import chance_levels
+from meg2vec_fairseq.probing.sources import build_random_model
+from meg2vec_fairseq.probing.windows import load_manifest_labels
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
 
 N_CHANNELS = 16
@@ -56,17 +59,17 @@ def toy(tmp_path_factory):
                         f"kind{event['kind']}\t{splits[recording]}\n")
     yaml = root / "tiny.yaml"
     yaml.write_text(TINY_YAML)
-    dataset = pr.load_manifest_labels(str(root / "train.tsv"), str(root / "labels.tsv"),
-                                      context=0.25)
+    dataset = load_manifest_labels(str(root / "train.tsv"), str(root / "labels.tsv"),
+                                   context=0.25)
     return dataset, str(yaml)
 
 
 def test_finetuning_a_random_init_tiny_model_beats_chance(toy):
     dataset, yaml = toy
-    model, normalize = pr.build_random_model(yaml, seed=0)
+    model, normalize = build_random_model(yaml, seed=0)
     options = FinetuneOptions(epochs=8, batch_size=16, lr_encoder=1e-3, lr_head=3e-3)
     result = finetune(dataset, model, normalize, 1.0, seed=0, options=options)
-    chance = pr.chance_levels(dataset.labels("test"), 2)
+    chance = chance_levels(dataset.labels("test"), 2)
     assert result["balanced_accuracy"] > chance["balanced_accuracy"] + 0.2, result
     assert result["macro_f1"] > chance["macro_f1"] + 0.2
     assert 1 <= result["best_epoch"] <= 8 and len(result["valid_curve"]) == 8
@@ -75,26 +78,26 @@ def test_finetuning_a_random_init_tiny_model_beats_chance(toy):
 
 def test_finetuning_is_deterministic_on_cpu_and_leaves_the_model_alone(toy):
     dataset, yaml = toy
-    model, normalize = pr.build_random_model(yaml, seed=2)
+    model, normalize = build_random_model(yaml, seed=2)
     windows = read_windows(dataset)
     options = FinetuneOptions(epochs=2, batch_size=16)
     first = finetune(dataset, model, normalize, 0.5, seed=4, options=options, windows=windows)
     again = finetune(dataset, model, normalize, 0.5, seed=4, options=options, windows=windows)
     assert again["valid_curve"] == first["valid_curve"]
     assert again["confusion"] == first["confusion"]
-    fresh, _ = pr.build_random_model(yaml, seed=2)
+    fresh, _ = build_random_model(yaml, seed=2)
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert np.array_equal(a.numpy(), b.numpy())
 
 
 def test_label_fraction_takes_a_stratified_subset(toy):
     dataset, yaml = toy
-    model, normalize = pr.build_random_model(yaml, seed=1)
+    model, normalize = build_random_model(yaml, seed=1)
     labels = dataset.labels("train")
     result = finetune(dataset, model, normalize, 0.25, seed=3,
                       options=FinetuneOptions(epochs=1))
     expected = sum(max(1, int(round(0.25 * np.sum(labels == c)))) for c in np.unique(labels))
-    assert result["n_train"] == expected == len(pr.stratified_subset(labels, 0.25, 3))
+    assert result["n_train"] == expected == len(stratified_subset(labels, 0.25, 3))
     assert result["label_fraction"] == 0.25
 
 
@@ -110,7 +113,7 @@ def test_label_fraction_takes_a_stratified_subset(toy):
 )
 def test_bad_options_raise_one_line_value_errors(toy, kwargs, message):
     dataset, yaml = toy
-    model, normalize = pr.build_random_model(yaml, seed=0)
+    model, normalize = build_random_model(yaml, seed=0)
     with pytest.raises(ValueError) as err:
         finetune(dataset, model, normalize, **kwargs)
     assert message in str(err.value) and "\n" not in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import h5py
@@ -21,8 +22,16 @@ from libribrain_fake import (  # noqa: E402
     read_run,
     write_run,
 )
+from meg_fixtures import ToolRun  # noqa: E402
 
+from meg2vec_fairseq.io import atomic  # noqa: E402
 from meg2vec_fairseq.preprocessing import libribrain as lb  # noqa: E402
+from meg2vec_fairseq.preprocessing import (  # noqa: E402
+    libribrain_pipeline,
+    segmenter,
+)
+from meg2vec_fairseq.preprocessing.params import LibriBrainConfig  # noqa: E402
+from meg2vec_fairseq.preprocessing.stats import RunningStats  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFREQ = 250.0
@@ -182,7 +191,7 @@ def test_run_shorter_than_a_segment(tmp_path):
 def test_streamed_statistics_equal_numpy_and_pnpl(tree):
     root, paths = tree
     r = _resolver(root)
-    pooled = lb.RunningStats()
+    pooled = RunningStats()
     for key in (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY):
         pooled.merge(lb.run_statistics(r, key, chunk_samples=137))
     x = np.concatenate([read_run(paths[k]) for k in (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY)], axis=1)
@@ -205,7 +214,7 @@ def test_cached_pnpl_statistics_are_used(tree):
 
 
 def test_channel_stats_roundtrip_and_apply(tmp_path):
-    rs = lb.RunningStats()
+    rs = RunningStats()
     rs.update(np.vstack([np.arange(10.0), np.zeros(10)] * 153))
     stats = lb.ChannelStats.from_running(rs, clip=1.5, run_keys=[FIRST_TRAIN_KEY], sfreq=SFREQ)
     assert 1 in stats.zero_std_channels and stats.stds[1] == 1.0
@@ -228,8 +237,8 @@ def _run(root, dest, **kw):
     kw.setdefault("progress", False)
     kw.setdefault("qc", False)
     kw.setdefault("fsync", False)
-    cfg = lb.LibriBrainConfig(str(root), str(dest), **kw)
-    return lb.make_libribrain_manifests(cfg)
+    cfg = LibriBrainConfig(str(root), str(dest), **kw)
+    return libribrain_pipeline.make_libribrain_manifests(cfg)
 
 
 def _manifest(dest, split):
@@ -334,9 +343,10 @@ def test_bad_runs_are_reported_and_the_others_processed(tree, tmp_path):
     assert lb.load_channel_stats(str(tmp_path / "out")).run_keys == [FIRST_TRAIN_KEY]
 
 
-def test_data_path_must_exist_without_download(tmp_path):
-    with pytest.raises(lb.LibriBrainError, match="DATA_PATH .*nowhere does not exist"):
-        _run(tmp_path / "nowhere", tmp_path / "out")
+def test_data_path_must_exist_without_download(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # the library names data_path=..., the tool DATA_PATH
+        _cli(["libribrain", tmp_path / "nowhere", "--dest", tmp_path / "out"])
+    assert re.search("DATA_PATH .*nowhere does not exist", capsys.readouterr().err)
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -346,7 +356,7 @@ def test_resume_after_interruption_is_byte_identical_and_then_idle(tree, tmp_pat
     _run(root, ref)
     dest = tmp_path / "out"
     calls = {"n": 0}
-    real_save = lb.seg.atomic_save_npy
+    real_save = atomic.atomic_save_npy
 
     def crash_after_six(path, array, fsync=True):
         calls["n"] += 1
@@ -354,10 +364,10 @@ def test_resume_after_interruption_is_byte_identical_and_then_idle(tree, tmp_pat
             raise KeyboardInterrupt
         real_save(path, array, fsync)
 
-    monkeypatch.setattr(lb.seg, "atomic_save_npy", crash_after_six)
+    monkeypatch.setattr(segmenter, "atomic_save_npy", crash_after_six)
     with pytest.raises(KeyboardInterrupt):
         _run(root, dest)
-    monkeypatch.setattr(lb.seg, "atomic_save_npy", real_save)
+    monkeypatch.setattr(segmenter, "atomic_save_npy", real_save)
     assert not (dest / "train.tsv").exists()  # manifests only when finished
     out = _run(root, dest)
     assert [r.status for r in out["results"]] == ["skipped", "ok", "ok"]
@@ -445,12 +455,7 @@ def test_nothing_touches_the_network_with_downloads_off(tree, tmp_path):
 
 
 def _cli(argv):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_manifest_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main([str(a) for a in argv])
+    return ToolRun("make_manifest").main(argv)
 
 
 @pytest.mark.parametrize("extra, message", [

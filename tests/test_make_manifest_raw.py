@@ -17,21 +17,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from meg_fixtures import ToolRun
 
-from meg2vec_fairseq.preprocessing import segments as seg
-from meg2vec_fairseq.preprocessing.segments import (
-    RecordingResult,
-    Segmenter,
-    assign_splits,
-    atomic_save_npy,
+from meg2vec_fairseq import errors  # noqa: E402
+from meg2vec_fairseq.io.atomic import atomic_save_npy
+from meg2vec_fairseq.preprocessing import (  # noqa: E402
+    dsp,
+    manifests,  # noqa: E402
+    ownership,
+    pipeline,
+    recordings,
+    results,
+    segmenter,
+)
+from meg2vec_fairseq.preprocessing.ownership import (
     load_done_marker,
-    make_recording_ids,
-    params_fingerprint,
     prepare_recording_dir,
     write_done_marker,
-    write_manifests,
-    write_segments,
 )
+from meg2vec_fairseq.preprocessing.params import PreprocessParams  # noqa: E402
+from meg2vec_fairseq.preprocessing.report import write_manifests
+from meg2vec_fairseq.preprocessing.results import (
+    RecordingResult,
+    make_recording_ids,
+    params_fingerprint,
+)
+from meg2vec_fairseq.preprocessing.segmenter import Segmenter, write_segments
+from meg2vec_fairseq.preprocessing.splits import assign_splits
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MEG = REPO / ".." / "shared" / "real_meg"
@@ -72,9 +84,9 @@ def test_done_marker_roundtrip_and_invalidation(tmp_path):
     (rec / "000000.npy").write_bytes(b"partial")  # leftovers of an interrupted run
     (rec / ".000001.npy.123.tmp").write_bytes(b"partial")
     rec = prepare_recording_dir(root, "rec")  # wipes them; only the owner marker stays
-    assert [p.name for p in rec.iterdir()] == [seg.OWNER_MARKER]
+    assert [p.name for p in rec.iterdir()] == [ownership.OWNER_MARKER]
     (rec / "junk.npy").write_bytes(b"user data")  # not the tool's: never deleted
-    with pytest.raises(seg.ForeignDirectoryError, match="junk.npy"):
+    with pytest.raises(errors.ForeignDirectoryError, match="junk.npy"):
         prepare_recording_dir(root, "rec")
     assert (rec / "junk.npy").read_bytes() == b"user data"
     (rec / "junk.npy").unlink()
@@ -140,20 +152,15 @@ def _fail_or_echo(task):
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_run_recordings_isolates_failures(jobs):
-    tasks = [seg.RecordingTask(f"r{i}", f"s{i}", {"fail": i == 1}) for i in range(3)]
-    out = seg.run_recordings(_fail_or_echo, tasks, jobs=jobs, progress=False)
+    tasks = [results.RecordingTask(f"r{i}", f"s{i}", {"fail": i == 1}) for i in range(3)]
+    out = pipeline.run_recordings(_fail_or_echo, tasks, jobs=jobs, progress=False)
     assert [r.status for r in out] == ["ok", "failed", "ok"]
     assert "s1: broken" in out[1].reason
 
 
 # ------------------------------------------------------------------------ helpers
 def _load_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_manifest_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return ToolRun("make_manifest")
 
 
 @pytest.fixture(scope="module")
@@ -269,20 +276,19 @@ def test_streaming_matches_whole_recording(tmp_path, sfreq, chunk):
     import mne
     from scipy import signal
 
-    from meg2vec_fairseq.preprocessing import recordings as rec
 
     src = make_fif(tmp_path / "r_raw.fif", seconds=13.7, sfreq=sfreq, n_mag=6, n_grad=6,
                    sines=((3.0, 1.0), (17.0, 0.5), (60.0, 1.0)), noise=1.0)
-    params = rec.PreprocessParams(segment_seconds=0.5, n_channels=12, chunk_seconds=chunk)
-    task = seg.RecordingTask("r", str(src), {"params": params,
+    params = PreprocessParams(segment_seconds=0.5, n_channels=12, chunk_seconds=chunk)
+    task = results.RecordingTask("r", str(src), {"params": params,
                                              "segments_root": str(tmp_path / "seg")})
-    res = rec.process_recording(task)
+    res = recordings.process_recording(task)
     got = np.concatenate([np.load(tmp_path / "seg" / p) for p, _ in res.segments], axis=1)
 
     x = mne.io.read_raw_fif(src, preload=True, verbose=False).get_data()
     x = (x - x[:, :int(sfreq)].mean(axis=1, keepdims=True)).astype(np.float32)
-    up, down = rec.rate_ratio(sfreq, 250.0)
-    taps = rec.design_resampling_filter(sfreq, 250.0, up, down, 40.0)
+    up, down = dsp.rate_ratio(sfreq, 250.0)
+    taps = dsp.design_resampling_filter(sfreq, 250.0, up, down, 40.0)
     y = (signal.resample_poly(x, up, down, axis=-1, window=taps) if taps is not None
          else x.astype(np.float64))  # 250 Hz in: no resampling
     sos = np.concatenate([signal.butter(4, 1.0, "highpass", fs=250.0, output="sos"),
@@ -295,15 +301,14 @@ def test_streaming_matches_whole_recording(tmp_path, sfreq, chunk):
 
 def test_channels_flat_bads_annotations_nan(tmp_path):
     """Bads excluded, flat zeroed, padding/truncation recorded, bad spans dropped+counted."""
-    from meg2vec_fairseq.preprocessing import recordings as rec
 
     src = make_fif(tmp_path / "a_raw.fif", seconds=20, n_mag=10, n_grad=10, bads=[3],
                    flat=[12], nan_at=15.5, first_samp=4321, meas_date=1.6e9,
                    annotations=[(5.0, 1.0, "BAD_ACQ_SKIP"), (10.2, 0.2, "BAD_blink"),
                                 (12.5, 0.2, "stimulus")])
-    params = rec.PreprocessParams(segment_seconds=1.0, n_channels=306)
+    params = PreprocessParams(segment_seconds=1.0, n_channels=306)
     opts = {"params": params, "segments_root": str(tmp_path / "seg")}
-    res = rec.process_recording(seg.RecordingTask("a", str(src), opts))
+    res = recordings.process_recording(results.RecordingTask("a", str(src), opts))
     # the skip (saved as a real FIF acquisition skip) also drops its neighbours, whose
     # edges the filters' ringing at the gap reaches
     assert res.segments_dropped == {"acquisition_skip": 3, "bad_annotation": 1, "nan": 1}
@@ -318,8 +323,9 @@ def test_channels_flat_bads_annotations_nan(tmp_path):
     assert not x[res.channel_names.index("GRD002")].any() and not x[19:].any()
     assert x[:19].std() > 0.5
 
-    trunc = rec.PreprocessParams(segment_seconds=1.0, n_channels=8)
-    res = rec.process_recording(seg.RecordingTask("b", str(src), {**opts, "params": trunc}))
+    trunc = PreprocessParams(segment_seconds=1.0, n_channels=8)
+    task = results.RecordingTask("b", str(src), {**opts, "params": trunc})
+    res = recordings.process_recording(task)
     assert res.channel_policy == "truncate" and len(res.channel_names) == 8
     assert res.excluded_channels["truncated"][:2] == ["MAG009", "GRD000"]  # MAG003 is bad
     assert np.load(tmp_path / "seg" / res.segments[0][0]).shape == (8, 250)
@@ -434,7 +440,7 @@ def test_resume_after_kill_9_byte_identical(tmp_path):
     proc.wait()
     assert killed_mid_run, "the run finished before it could be killed"
     assert not (dest / "train.tsv").exists()  # manifests are written last
-    assert not (dest / "segments" / "rec3_raw" / seg.DONE_MARKER).exists()
+    assert not (dest / "segments" / "rec3_raw" / ownership.DONE_MARKER).exists()
     for p in (dest / "segments").rglob("*.npy"):  # no half-written segment under its name
         np.load(p)
     assert subprocess.run(cmd, capture_output=True, env=env).returncode == 0
@@ -448,6 +454,15 @@ def test_resume_after_kill_9_byte_identical(tmp_path):
     assert {r["status"] for r in report(dest).values()} == {"skipped"}
 
 
+def _library_rc(src, dest):
+    """The exit status ``make_manifest.py raw SRC --segment-seconds 0.5 --n-channels 8``
+    would give, from the library driver run in this process."""
+    run = manifests.make_raw_manifests(
+        [src], PreprocessParams(segment_seconds=0.5, n_channels=8),
+        manifests.OutputOptions(dest=dest, progress=False))
+    return 1 if run.failed else 0
+
+
 def test_resume_after_failure_injected_mid_recording(tmp_path, tool, monkeypatch):
     """A recording that dies after 3 segments leaves no trace; the rerun completes it."""
     for i in range(2):
@@ -455,7 +470,7 @@ def test_resume_after_failure_injected_mid_recording(tmp_path, tool, monkeypatch
     argv = ["raw", str(tmp_path / "in"), "--segment-seconds", "0.5", "--n-channels", "8",
             "--no-progress", "--dest"]
     assert tool.main(argv + [str(tmp_path / "ref")]) == 0
-    real_save, calls = seg.atomic_save_npy, []
+    real_save, calls = segmenter.atomic_save_npy, []
 
     def flaky(path, array, fsync=True):
         calls.append(path)
@@ -463,14 +478,14 @@ def test_resume_after_failure_injected_mid_recording(tmp_path, tool, monkeypatch
             raise OSError("disk full (injected)")
         return real_save(path, array, fsync)
 
-    monkeypatch.setattr(seg, "atomic_save_npy", flaky)
+    monkeypatch.setattr(segmenter, "atomic_save_npy", flaky)  # in this process: the library
     dest = tmp_path / "out"
-    assert tool.main(argv + [str(dest)]) == 1
+    assert _library_rc(tmp_path / "in", dest) == 1
     rep = report(dest)
     assert rep["r0_raw"]["status"] == "ok"
     assert rep["r1_raw"]["status"] == "failed" and "disk full" in rep["r1_raw"]["reason"]
     assert not (dest / "segments" / "r1_raw").exists()
-    monkeypatch.setattr(seg, "atomic_save_npy", real_save)
+    monkeypatch.setattr(segmenter, "atomic_save_npy", real_save)
     assert tool.main(argv + [str(dest)]) == 0
     assert report(dest)["r0_raw"]["status"] == "skipped"
     for name in ("train.tsv", "valid.tsv"):
@@ -549,7 +564,7 @@ def test_bids_subcommand_with_subject_filter(tmp_path, tool):
 def test_streaming_resampler_equals_resample_poly(up, down, default):
     from scipy import signal
 
-    from meg2vec_fairseq.preprocessing.recordings import (
+    from meg2vec_fairseq.preprocessing.dsp import (
         StreamingResampler,
         design_resampling_filter,
     )
@@ -571,7 +586,7 @@ def test_streaming_resampler_equals_resample_poly(up, down, default):
 
 
 def test_discovery_formats_derived_files_splits_and_pattern(tmp_path):
-    from meg2vec_fairseq.preprocessing.recordings import discover_recordings
+    from meg2vec_fairseq.preprocessing.discovery import discover_recordings
 
     root = tmp_path / "data"
     names = ["a/run1_raw.fif", "a/run1_raw-1.fif", "a/x_split-01_meg.fif",
@@ -634,17 +649,16 @@ def test_pattern_segments_dir_overwrite_progress_report(tmp_path):
 
 
 def test_all_channels_bad_and_nothing_usable(tmp_path):
-    from meg2vec_fairseq.preprocessing import recordings as rec
 
-    params = rec.PreprocessParams(segment_seconds=1.0, n_channels=4)
+    params = PreprocessParams(segment_seconds=1.0, n_channels=4)
     opts = {"params": params, "segments_root": str(tmp_path / "seg")}
     src = make_fif(tmp_path / "bads_raw.fif", seconds=3, n_mag=2, n_grad=2, bads=[0, 1, 2, 3])
-    with pytest.raises(rec.RecordingError, match="all 4 MEG channels are marked bad"):
-        rec.process_recording(seg.RecordingTask("bads", str(src), opts))
+    with pytest.raises(errors.RecordingError, match="all 4 MEG channels are marked bad"):
+        recordings.process_recording(results.RecordingTask("bads", str(src), opts))
     src = make_fif(tmp_path / "allbad_raw.fif", seconds=3, n_mag=2, n_grad=2,
                    annotations=[(0.0, 3.0, "BAD_movement")])
-    with pytest.raises(rec.RecordingError, match="no usable data"):
-        rec.process_recording(seg.RecordingTask("allbad", str(src), opts))
+    with pytest.raises(errors.RecordingError, match="no usable data"):
+        recordings.process_recording(results.RecordingTask("allbad", str(src), opts))
     assert not (tmp_path / "seg" / "allbad").exists()
 
 

@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meg2vec_fairseq.preprocessing import segments
+from meg2vec_fairseq import errors  # noqa: E402
+from meg2vec_fairseq.preprocessing import (  # noqa: E402
+    ownership,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "make_manifest.py"
@@ -233,8 +236,8 @@ def test_interrupted_rerun_with_other_options_leaves_no_stale_manifest(tmp_path,
 # ----------------------------------------------------------------- 5: lock on --dest
 HOLDER = textwrap.dedent("""
     import sys, time
-    from meg2vec_fairseq.preprocessing import segments
-    lock = segments.lock_outputs(sys.argv[1], sys.argv[2], command="holder-of-the-lock")
+    from meg2vec_fairseq.preprocessing import ownership
+    lock = ownership.lock_outputs(sys.argv[1], sys.argv[2], command="holder-of-the-lock")
     print("locked", flush=True)
     time.sleep(600)
 """)
@@ -383,7 +386,7 @@ def test_unusable_output_path_exit_2(tmp_path, small, case):
 
 def test_library_lock_refuses_second_holder_and_releases(tmp_path):
     """Library level: a second lock in the same process is refused; release frees it."""
-    with segments.lock_outputs(tmp_path / "d", tmp_path / "s", command="first"):
-        with pytest.raises(segments.OutputLockedError, match=f"pid {os.getpid()}.*first"):
-            segments.lock_outputs(tmp_path / "e", tmp_path / "s", command="second")
-    segments.lock_outputs(tmp_path / "e", tmp_path / "s", command="second").release()
+    with ownership.lock_outputs(tmp_path / "d", tmp_path / "s", command="first"):
+        with pytest.raises(errors.OutputLockedError, match=f"pid {os.getpid()}.*first"):
+            ownership.lock_outputs(tmp_path / "e", tmp_path / "s", command="second")
+    ownership.lock_outputs(tmp_path / "e", tmp_path / "s", command="second").release()

@@ -1,29 +1,48 @@
-"""Tests of the linear probe (meg2vec_fairseq.probe and tools/probe.py)."""
+"""Tests of the linear probe (meg2vec_fairseq.probing and tools/probe.py)."""
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from meg_fixtures import REPO_ROOT, run_command
+from meg_fixtures import VENV_BIN, run_command
 from omegaconf import OmegaConf
 
-from meg2vec_fairseq import probe as pr
+from meg2vec_fairseq.configs import load_pretraining_config
+from meg2vec_fairseq.errors import ProbeError
+from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+from meg2vec_fairseq.probing.classifier import fit_and_score
+from meg2vec_fairseq.probing.libribrain_labels import load_libribrain
+from meg2vec_fairseq.probing.metrics import (
+    balanced_accuracy,
+    chance_levels,
+    confusion_matrix,
+    macro_f1,
+    summarise,
+)
+from meg2vec_fairseq.probing.pooling import pool_frames
+from meg2vec_fairseq.probing.run import run_probe
+from meg2vec_fairseq.probing.sources import (
+    ModelSource,
+    RawSource,
+    SourceSpec,
+    build_random_model,
+)
+from meg2vec_fairseq.probing.windows import (
+    SPLITS,
+    Window,
+    find_split_overlap,
+    load_manifest_labels,
+)
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
 
 N_CHANNELS = 64  # small synthetic arrays keep the tests fast; the probe reads any channel count
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("probe_cli", REPO_ROOT / "tools" / "probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = _load_cli()
+def probe_tool(argv):
+    """Run ``tools/probe.py`` as a user does, from the repository root."""
+    return run_command([str(VENV_BIN / "python"), "tools/probe.py", *argv])
 
 
 def write_event_labels(data_dir, dest, shuffle_seed=None, single_class=False):
@@ -71,7 +90,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_confusion_matrix_counts():
-    matrix = pr.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
 
 
@@ -80,15 +99,15 @@ def test_metrics_on_hand_computed_confusion_matrices():
     # Class 1: tp 1, support 1, predicted 2 -> F1 = 2/3;        recall 1
     # Class 2: tp 2, support 3, predicted 2 -> F1 = 4/5 = 0.8;  recall 2/3
     matrix = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
-    assert pr.macro_f1(matrix) == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
-    assert pr.balanced_accuracy(matrix) == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+    assert macro_f1(matrix) == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    assert balanced_accuracy(matrix) == pytest.approx((0.5 + 1 + 2 / 3) / 3)
     # Binary, a class never predicted: F1 of class 1 = 0; class 0: tp 8, support 8, pred 10
     binary = np.array([[8, 0], [2, 0]])
-    assert pr.macro_f1(binary) == pytest.approx((16 / 18 + 0) / 2)
-    assert pr.balanced_accuracy(binary) == pytest.approx(0.5)
+    assert macro_f1(binary) == pytest.approx((16 / 18 + 0) / 2)
+    assert balanced_accuracy(binary) == pytest.approx(0.5)
     # Perfect, and a class absent from the truth is left out
-    assert pr.macro_f1(np.diag([3, 4, 0])) == 1.0
-    assert pr.balanced_accuracy(np.diag([3, 4, 0])) == 1.0
+    assert macro_f1(np.diag([3, 4, 0])) == 1.0
+    assert balanced_accuracy(np.diag([3, 4, 0])) == 1.0
 
 
 def test_metrics_agree_with_scikit_learn():
@@ -96,41 +115,41 @@ def test_metrics_agree_with_scikit_learn():
 
     rng = np.random.default_rng(0)
     y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
-    matrix = pr.confusion_matrix(y_true, y_pred, 4)
-    assert pr.macro_f1(matrix) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
-    assert pr.balanced_accuracy(matrix) == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    matrix = confusion_matrix(y_true, y_pred, 4)
+    assert macro_f1(matrix) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert balanced_accuracy(matrix) == pytest.approx(balanced_accuracy_score(y_true, y_pred))
 
 
 def test_chance_levels_hand_computed():
     # Balanced 4 classes: F1 of each = 2 * 0.25 / (1 + 4 * 0.25) = 0.25
-    chance = pr.chance_levels([0, 1, 2, 3] * 5, 4)
+    chance = chance_levels([0, 1, 2, 3] * 5, 4)
     assert chance == {"macro_f1": pytest.approx(0.25), "balanced_accuracy": 0.25}
     # Prevalences 0.8 / 0.2, K = 2: F1 = 1.6 / 2.6 and 0.4 / 1.4
-    chance = pr.chance_levels([0] * 8 + [1] * 2, 2)
+    chance = chance_levels([0] * 8 + [1] * 2, 2)
     assert chance["macro_f1"] == pytest.approx((1.6 / 2.6 + 0.4 / 1.4) / 2)
     # ... and it is what uniform guessing scores on average
     rng = np.random.default_rng(1)
     truth = np.array([0] * 800 + [1] * 200)
-    scores = [pr.macro_f1(pr.confusion_matrix(truth, rng.integers(0, 2, 1000), 2))
+    scores = [macro_f1(confusion_matrix(truth, rng.integers(0, 2, 1000), 2))
               for _ in range(200)]
     assert np.mean(scores) == pytest.approx(chance["macro_f1"], abs=0.01)
 
 
 def test_summarise_and_pooling():
-    assert pr.summarise([0.5, 0.7]) == {"mean": 0.6, "std": pytest.approx(0.1414, abs=1e-4),
-                                        "min": 0.5, "max": 0.7, "n": 2}
+    assert summarise([0.5, 0.7]) == {"mean": 0.6, "std": pytest.approx(0.1414, abs=1e-4),
+                                     "min": 0.5, "max": 0.7, "n": 2}
     frames = np.array([[0.0, 10.0], [2.0, 10.0], [4.0, 30.0], [100.0, 100.0]])
     centres = np.array([0.5, 1.5, 2.5, 3.5])
-    np.testing.assert_allclose(pr.pool_frames(frames, centres, (0, 3), "mean"), [2.0, 50 / 3])
-    pooled = pr.pool_frames(frames, centres, (0, 3), "meanstd")
+    np.testing.assert_allclose(pool_frames(frames, centres, (0, 3), "mean"), [2.0, 50 / 3])
+    pooled = pool_frames(frames, centres, (0, 3), "meanstd")
     np.testing.assert_allclose(pooled[2:], [np.std([0, 2, 4]), np.std([10, 10, 30])])
     # no centre inside the range: the nearest frame
-    np.testing.assert_allclose(pr.pool_frames(frames, centres, (3, 4), "mean"), [100, 100])
+    np.testing.assert_allclose(pool_frames(frames, centres, (3, 4), "mean"), [100, 100])
 
 
 def test_conv_frame_geometry_of_the_tiny_stack():
     # kernels 10,3,3,3 strides 5,2,1,1: rf = 1 + 9 + 2*5 + 2*10 + 2*10 = 60, jump 10
-    assert pr.conv_frame_geometry("[(128,10,5),(128,3,2),(128,3,1),(128,3,1)]") == (60, 10)
+    assert conv_frame_geometry("[(128,10,5),(128,3,2),(128,3,1),(128,3,1)]") == (60, 10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,14 +157,14 @@ def test_conv_frame_geometry_of_the_tiny_stack():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_decodable_labels_score_well_above_chance(synthetic, tmp_path, capsys):
+def test_decodable_labels_score_well_above_chance(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
     out = tmp_path / "result.json"
-    rc = CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels), "--raw",
-                   "--seeds", "0", "1", "--json", str(out), "--plot", str(tmp_path / "p.png"),
-                   "--quiet"])
-    assert rc == 0
-    stdout = capsys.readouterr().out
+    tool = probe_tool(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels),
+                       "--raw", "--seeds", "0", "1", "--json", str(out), "--plot",
+                       str(tmp_path / "p.png"), "--quiet"])
+    assert tool.returncode == 0
+    stdout = tool.stdout
     assert "raw" in stdout and "chance" in stdout
     result = json.loads(out.read_text())
     raw = result["sources"][0]
@@ -158,9 +177,9 @@ def test_decodable_labels_score_well_above_chance(synthetic, tmp_path, capsys):
 
 def test_labels_independent_of_the_signal_score_near_chance(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv", shuffle_seed=5)
-    dataset = pr.load_manifest_labels(str(synthetic / "train.tsv"), str(labels))
-    result = pr.run_probe(dataset, [pr.SourceSpec("raw", lambda seed: pr.RawSource())],
-                          seeds=[0, 1, 2])
+    dataset = load_manifest_labels(str(synthetic / "train.tsv"), str(labels))
+    result = run_probe(dataset, [SourceSpec("raw", lambda seed: RawSource())],
+                       seeds=[0, 1, 2])
     raw = result["sources"][0]
     assert abs(raw["macro_f1"]["mean"] - result["chance"]["macro_f1"]) < 0.12
     assert abs(raw["balanced_accuracy"]["mean"] - 0.25) < 0.12
@@ -168,29 +187,29 @@ def test_labels_independent_of_the_signal_score_near_chance(synthetic, tmp_path)
 
 def test_random_init_source_goes_through_the_same_path(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
-    dataset = pr.load_manifest_labels(str(synthetic / "train.tsv"), str(labels), context=0.2)
+    dataset = load_manifest_labels(str(synthetic / "train.tsv"), str(labels), context=0.2)
 
     # The seed's GroupNorm encoder: its random CNN features keep each frame's amplitude, so the
     # events decode well above chance. (The shipped LayerNorm encoder normalises every frame;
     # its random features decode events worse -- docs/pretraining_research.md, round 3 -- and
     # this test is about the code path, not that architecture.)
     config = tmp_path / "tiny_groupnorm.yaml"
-    raw = OmegaConf.load(pr.resolve_config_path("meg2vec_tiny"))
+    raw = load_pretraining_config("meg2vec_tiny")
     raw.model.extractor_mode = "default"
     OmegaConf.save(raw, config)
 
     def build(seed):
-        model, normalize = pr.build_random_model(str(config), seed, N_CHANNELS)
-        return pr.ModelSource(model, "cnn", normalize, name="random-init", kind="random-init")
+        model, normalize = build_random_model(str(config), seed, N_CHANNELS)
+        return ModelSource(model, "cnn", normalize, name="random-init", kind="random-init")
 
-    result = pr.run_probe(dataset, [pr.SourceSpec("random-init", build, seeded=True)],
-                          seeds=[0], c_grid=[0.01, 0.1])
+    result = run_probe(dataset, [SourceSpec("random-init", build, seeded=True)],
+                       seeds=[0], c_grid=[0.01, 0.1])
     row = result["sources"][0]
     assert row["feature_dim"] == 2 * 128
     assert row["macro_f1"]["mean"] > result["chance"]["macro_f1"] + 0.2
     # fresh weights per seed: different draws give different features
-    a = pr.build_random_model("meg2vec_tiny", 0, N_CHANNELS)[0]
-    b = pr.build_random_model("meg2vec_tiny", 1, N_CHANNELS)[0]
+    a = build_random_model("meg2vec_tiny", 0, N_CHANNELS)[0]
+    b = build_random_model("meg2vec_tiny", 1, N_CHANNELS)[0]
     first_conv = [m.feature_extractor.conv_layers[0][0].weight for m in (a, b)]
     assert first_conv[0].shape[1] == N_CHANNELS
     assert not torch.equal(*first_conv)
@@ -201,7 +220,7 @@ def test_whole_segment_labels_and_hashed_splits(synthetic, tmp_path):
     labels = tmp_path / "labels.tsv"
     labels.write_text("segment\tlabel\n" + "".join(
         f"{line.split(chr(9))[0]}\t{'a' if i % 2 else 'b'}\n" for i, line in enumerate(lines)))
-    dataset = pr.load_manifest_labels(str(synthetic / "train.tsv"), str(labels))
+    dataset = load_manifest_labels(str(synthetic / "train.tsv"), str(labels))
     assert {w.split for w in dataset.windows} == {"train", "valid", "test"}
     assert all(w.length == 1250 and w.pool == (0, 1250) for w in dataset.windows)
     assert dataset.class_names == ["a", "b"]
@@ -212,61 +231,61 @@ def test_whole_segment_labels_and_hashed_splits(synthetic, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _cli_error(capsys, argv):
-    rc = CLI.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1
+def _cli_error(argv):
+    tool = probe_tool(argv)
+    err = tool.stderr.strip().splitlines()
+    assert tool.returncode == 1
     assert err and err[-1].startswith("error: ")
     return err[-1]
 
 
-def test_unknown_segment_is_a_one_line_error(synthetic, tmp_path, capsys):
+def test_unknown_segment_is_a_one_line_error(synthetic, tmp_path):
     labels = tmp_path / "labels.tsv"
     labels.write_text("segment\tlabel\nsegments/rec-999/seg-0000.npy\ta\n")
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
-                                  "--labels", str(labels), "--raw"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
+                          "--labels", str(labels), "--raw"])
     assert "line 2" in message and "rec-999" in message and "not in" in message
 
 
-def test_span_longer_than_its_segment_is_a_one_line_error(synthetic, tmp_path, capsys):
+def test_span_longer_than_its_segment_is_a_one_line_error(synthetic, tmp_path):
     labels = tmp_path / "labels.tsv"
     labels.write_text("segment\tstart\tend\tlabel\n"
                       "segments/rec-000/seg-0000.npy\t4.0\t6.0\ta\n")
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
-                                  "--labels", str(labels), "--raw"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
+                          "--labels", str(labels), "--raw"])
     assert "outside segment" in message and "5 s" in message
 
 
 def test_label_count_not_matching_features_is_an_error():
-    features = {s: np.zeros((10, 3)) for s in pr.SPLITS}
-    labels = {s: np.arange(10) % 2 for s in pr.SPLITS}
+    features = {s: np.zeros((10, 3)) for s in SPLITS}
+    labels = {s: np.arange(10) % 2 for s in SPLITS}
     labels["valid"] = labels["valid"][:7]
-    with pytest.raises(pr.ProbeError, match="valid: 7 labels for 10 feature rows"):
-        pr.fit_and_score(features, labels, 2)
+    with pytest.raises(ProbeError, match="valid: 7 labels for 10 feature rows"):
+        fit_and_score(features, labels, 2)
 
 
-def test_single_class_in_training_split_is_a_one_line_error(synthetic, tmp_path, capsys):
+def test_single_class_in_training_split_is_a_one_line_error(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv", single_class=True)
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
-                                  "--labels", str(labels), "--raw"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
+                          "--labels", str(labels), "--raw"])
     assert "single class ('kind0')" in message
 
 
-def test_non_meg2vec_checkpoint_is_a_one_line_error(synthetic, tmp_path, capsys):
+def test_non_meg2vec_checkpoint_is_a_one_line_error(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
     bogus = tmp_path / "not_meg2vec.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "something": "else"}, bogus)
     base = ["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels)]
-    message = _cli_error(capsys, [*base, "--checkpoint", str(bogus)])
+    message = _cli_error([*base, "--checkpoint", str(bogus)])
     assert str(bogus) in message and "checkpoint" in message
-    message = _cli_error(capsys, [*base, "--random-init", str(bogus)])
+    message = _cli_error([*base, "--random-init", str(bogus)])
     assert "not a fairseq checkpoint" in message
 
 
-def test_layer_out_of_range_is_a_one_line_error(synthetic, tmp_path, capsys):
+def test_layer_out_of_range_is_a_one_line_error(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"), "--labels",
-                                  str(labels), "--random-init", "meg2vec_tiny", "--layer", "7"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"), "--labels",
+                          str(labels), "--random-init", "meg2vec_tiny", "--layer", "7"])
     assert "layer 7 out of range" in message and "4 Transformer layers" in message
 
 
@@ -289,11 +308,11 @@ def test_checkpoint_source_end_to_end(synthetic, tmp_path):
     checkpoint = save_dir / "checkpoint_last.pt"
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
     out = tmp_path / "r.json"
-    rc = CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels),
-                   "--checkpoint", str(checkpoint), "--random-init", str(checkpoint), "--raw",
-                   "--layer", "1", "--context", "0.5", "--seeds", "0", "--json", str(out),
-                   "--quiet"])
-    assert rc == 0
+    tool = probe_tool(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels),
+                       "--checkpoint", str(checkpoint), "--random-init", str(checkpoint),
+                       "--raw", "--layer", "1", "--context", "0.5", "--seeds", "0", "--json",
+                       str(out), "--quiet"])
+    assert tool.returncode == 0
     result = json.loads(out.read_text())
     names = [row["name"] for row in result["sources"]]
     assert names == ["checkpoint", "random-init", "raw"]
@@ -315,9 +334,9 @@ def test_libribrain_speech_windows_use_the_pretraining_channel_stats(tmp_path):
     raw = read_run(paths[FIRST_TRAIN_KEY]).astype(np.float64)
     stats = lb.ChannelStats(means=raw.mean(axis=1), stds=raw.std(axis=1), clip=10.0)
     lb.save_channel_stats(stats, str(tmp_path))
-    dataset = pr.load_libribrain("speech", str(tmp_path / "lb"), str(tmp_path), max_windows=20)
+    dataset = load_libribrain("speech", str(tmp_path / "lb"), str(tmp_path), max_windows=20)
     assert dataset.class_names == ["silence", "speech"]
-    assert {w.split for w in dataset.windows} == set(pr.SPLITS)
+    assert {w.split for w in dataset.windows} == set(SPLITS)
     first = next(w for w in dataset.windows if w.split == "train" and w.source == 0)
     window = dataset.read(first)
     assert window.shape == (306, 125) and window.dtype == np.float32
@@ -365,39 +384,39 @@ def _leaky_labels(synthetic, dest, overlap_test=True):
     return labels, lines.index(train_rows[0]) + 1, len(lines) + 1
 
 
-def test_same_windows_in_train_and_test_is_an_error_naming_the_rows(synthetic, tmp_path, capsys):
+def test_same_windows_in_train_and_test_is_an_error_naming_the_rows(synthetic, tmp_path):
     labels, train_line, copy_line = _leaky_labels(synthetic, tmp_path / "labels.tsv")
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
-                                  "--labels", str(labels), "--raw", "--seeds", "0"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
+                          "--labels", str(labels), "--raw", "--seeds", "0"])
     assert f"lines {train_line} (train) and {copy_line} (test)" in message
     assert "overlapping windows of segment" in message and "--allow-overlap" in message
 
 
-def test_allow_overlap_runs_with_a_loud_warning(synthetic, tmp_path, capsys):
+def test_allow_overlap_runs_with_a_loud_warning(synthetic, tmp_path):
     labels, _, copy_line = _leaky_labels(synthetic, tmp_path / "labels.tsv")
-    rc = CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels), "--raw",
-                   "--seeds", "0", "--allow-overlap", "--quiet", "--C", "1"])
-    err = capsys.readouterr().err
-    assert rc == 0
+    tool = probe_tool(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels),
+                       "--raw", "--seeds", "0", "--allow-overlap", "--quiet", "--C", "1"])
+    err = tool.stderr
+    assert tool.returncode == 0
     warning = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warning) == 1 and f"{copy_line} (test)" in warning[0]
 
 
 def test_partial_overlap_is_found_and_adjacent_windows_are_not():
-    w = pr.Window
+    w = Window
     adjacent = [w(0, 0, 100, (0, 100), 0, "train", row=2), w(0, 100, 100, (0, 100), 1, "test",
-                                                               row=3)]
-    assert pr.find_split_overlap(adjacent) is None
+                                                             row=3)]
+    assert find_split_overlap(adjacent) is None
     # a long train window hides a short one; the later test window overlaps the long one only
     windows = [w(0, 0, 1000, (0, 1000), 0, "train", row=2), w(0, 10, 10, (0, 10), 0, "train",
-                                                               row=3),
+                                                              row=3),
                w(0, 500, 100, (0, 100), 1, "test", row=4), w(1, 500, 100, (0, 100), 1, "train",
-                                                              row=5)]
-    first, second, count = pr.find_split_overlap(windows)
+                                                             row=5)]
+    first, second, count = find_split_overlap(windows)
     assert (first.row, second.row, count) == (2, 4, 1)
 
 
-def test_class_only_in_test_is_an_error_naming_the_class(synthetic, tmp_path, capsys):
+def test_class_only_in_test_is_an_error_naming_the_class(synthetic, tmp_path):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
     lines = labels.read_text().splitlines()
     test_row = next(i for i, line in enumerate(lines) if line.endswith("\ttest"))
@@ -405,8 +424,8 @@ def test_class_only_in_test_is_an_error_naming_the_class(synthetic, tmp_path, ca
     fields[3] = "never-trained"
     lines[test_row] = "\t".join(fields)
     labels.write_text("\n".join(lines) + "\n")
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
-                                  "--labels", str(labels), "--raw"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
+                          "--labels", str(labels), "--raw"])
     assert "class 'never-trained' has 1 test window(s) but none in the training split" in message
 
 
@@ -421,25 +440,23 @@ def test_class_only_in_test_is_an_error_naming_the_class(synthetic, tmp_path, ca
     ("--seeds", "-1", "must be >= 0"),
     ("--tmax", "-0.5", "--tmax -0.5 must be after --tmin 0.0"),
 ])
-def test_impossible_options_are_usage_errors(synthetic, tmp_path, capsys, option, value,
-                                             expected):
+def test_impossible_options_are_usage_errors(synthetic, tmp_path, option, value, expected):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
-    with pytest.raises(SystemExit) as exit_info:
-        CLI.main(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels), "--raw",
-                  option, value])
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    tool = probe_tool(["--manifest", str(synthetic / "train.tsv"), "--labels", str(labels),
+                       "--raw", option, value])
+    assert tool.returncode == 2
+    errors = [line for line in tool.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0]
 
 
 def test_library_refuses_impossible_probe_options():
-    features = {s: np.random.default_rng(0).standard_normal((10, 3)) for s in pr.SPLITS}
-    labels = {s: np.arange(10) % 2 for s in pr.SPLITS}
+    features = {s: np.random.default_rng(0).standard_normal((10, 3)) for s in SPLITS}
+    labels = {s: np.arange(10) % 2 for s in SPLITS}
     for fraction in (0.0, 1.5, float("nan")):
-        with pytest.raises(pr.ProbeError, match=r"train_fraction must be in \(0, 1\]"):
-            pr.fit_and_score(features, labels, 2, train_fraction=fraction)
-    with pytest.raises(pr.ProbeError, match="every C must be a finite number > 0"):
-        pr.fit_and_score(features, labels, 2, c_grid=[float("inf")])
+        with pytest.raises(ProbeError, match=r"train_fraction must be in \(0, 1\]"):
+            fit_and_score(features, labels, 2, train_fraction=fraction)
+    with pytest.raises(ProbeError, match="every C must be a finite number > 0"):
+        fit_and_score(features, labels, 2, c_grid=[float("inf")])
 
 
 @pytest.mark.parametrize("row, expected", [
@@ -449,12 +466,11 @@ def test_library_refuses_impossible_probe_options():
     ("segments/rec-000/seg-0000.npy\t0.0\t0.5\tkind0\ttrain\textra", "6 tab-separated field(s)"),
     ("segments/rec-000/seg-0000.npy\t0.0\t0.5\t\ttrain", "empty label"),
 ])
-def test_malformed_label_rows_are_errors_naming_the_line(synthetic, tmp_path, capsys, row,
-                                                        expected):
+def test_malformed_label_rows_are_errors_naming_the_line(synthetic, tmp_path, row, expected):
     labels = write_event_labels(synthetic, tmp_path / "labels.tsv")
     lines = labels.read_text().splitlines()
     lines.insert(3, row)
     labels.write_text("\n".join(lines) + "\n")
-    message = _cli_error(capsys, ["--manifest", str(synthetic / "train.tsv"),
-                                  "--labels", str(labels), "--raw"])
+    message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
+                          "--labels", str(labels), "--raw"])
     assert "line 4" in message and expected in message

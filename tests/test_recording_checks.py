@@ -22,8 +22,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from test_make_manifest_raw import _load_tool, make_fif  # noqa: E402
 
-from meg2vec_fairseq.preprocessing import recordings as rec  # noqa: E402
-from meg2vec_fairseq.preprocessing import segments as seg  # noqa: E402
+from meg2vec_fairseq import errors  # noqa: E402
+from meg2vec_fairseq.preprocessing import (  # noqa: E402
+    discovery,
+    libribrain_pipeline,
+    mne_raw,
+    recordings,
+    results,
+    segmenter,
+)
+from meg2vec_fairseq.preprocessing.params import (
+    LibriBrainConfig,  # noqa: E402
+    PreprocessParams,  # noqa: E402
+)
+from meg2vec_fairseq.preprocessing.stats import TrimmedMoments  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +54,9 @@ def _segments(root, res):
 def _process(src, tmp_path, rid="r", **params):
     params.setdefault("segment_seconds", 1.0)
     params.setdefault("n_channels", 10)
-    opts = {"params": rec.PreprocessParams(**params),
+    opts = {"params": PreprocessParams(**params),
             "segments_root": str(tmp_path / "seg")}
-    return rec.process_recording(seg.RecordingTask(rid, str(src), opts))
+    return recordings.process_recording(results.RecordingTask(rid, str(src), opts))
 
 
 def _rewrite(src, edit):
@@ -115,7 +127,7 @@ def test_a_continuation_part_alone_is_a_recording(tmp_path):
                                                  verbose=False)
     (d / "x_raw.fif").unlink()
     not_used = []
-    found, _ = rec.discover_recordings([d], not_used=not_used)
+    found, _ = discovery.discover_recordings([d], not_used=not_used)
     assert [p.name for p, _ in found] == ["x_raw-1.fif"]  # now the first of its chain
     assert all("x_raw-1.fif (read through it)" in u["reason"] for u in not_used)
     assert len(not_used) == len(list(d.iterdir())) - 1
@@ -169,11 +181,11 @@ def test_random_bytes_in_the_data_block_never_ok_with_constant_segments(tmp_path
     blob = bytearray(clean)
     blob[mid:mid + 4096] = np.random.default_rng(12).bytes(4096)
     src.write_bytes(bytes(blob))
-    with pytest.raises(rec.RecordingError, match="MNE reads data only up to byte"):
+    with pytest.raises(errors.RecordingError, match="MNE reads data only up to byte"):
         _process(src, tmp_path, n_channels=10)
     # Inside a data buffer (past its 16-byte tag header): MNE reads it all.
     src.write_bytes(clean)
-    ent = rec.open_raw(src)._raw_extras[0]["ent"][15]  # the buffer of 15-16 s
+    ent = mne_raw.open_raw(src)._raw_extras[0]["ent"][15]  # the buffer of 15-16 s
     assert ent.size > 4096 + 1000
     blob = bytearray(clean)
     blob[ent.pos + 1000:ent.pos + 1000 + 4096] = np.random.default_rng(12).bytes(4096)
@@ -190,24 +202,24 @@ def test_random_bytes_in_the_data_block_never_ok_with_constant_segments(tmp_path
 def test_constant_output_of_a_live_channel_fails_loudly(tmp_path):
     """The last check: a segment with a live input channel made constant is refused."""
     src = make_fif(tmp_path / "d_raw.fif", seconds=4, n_mag=2, n_grad=2)
-    raw = rec.open_raw(src)
-    sel = rec.select_channels(raw.info, 4, str(src))
+    raw = mne_raw.open_raw(src)
+    sel = mne_raw.select_channels(raw.info, 4, str(src))
     z = np.random.default_rng(0).standard_normal((4, 250)).astype(np.float32)
     quiet = z.copy()
     quiet[2] = 0.0  # GRD000 flattened
     flat = np.zeros(4, bool)
     std_in = np.full(4, 1e-11)
-    segs = [seg.Segment(0, 0, z), seg.Segment(1, 250, quiet)]
-    check = rec._check_not_constant(iter(segs), raw, sel["picks"], sel, flat, std_in,
+    segs = [segmenter.Segment(0, 0, z), segmenter.Segment(1, 250, quiet)]
+    check = recordings._check_not_constant(iter(segs), raw, sel["picks"], sel, flat, std_in,
                                     4.0, str(src))
     assert next(check).index == 0
-    with pytest.raises(rec.RecordingError, match=r"GRD000 would be constant in segment 1"):
+    with pytest.raises(errors.RecordingError, match=r"GRD000 would be constant in segment 1"):
         next(check)
     # a channel detected flat, or one whose input is quiet there too, is fine
-    assert [s.index for s in rec._check_not_constant(
+    assert [s.index for s in recordings._check_not_constant(
         iter(segs), raw, sel["picks"], sel, np.array([0, 0, 1, 0], bool), std_in, 4.0,
         str(src))] == [0, 1]
-    assert [s.index for s in rec._check_not_constant(
+    assert [s.index for s in recordings._check_not_constant(
         iter(segs), raw, sel["picks"], sel, flat, np.full(4, 1.0), 4.0, str(src))] == [0, 1]
 
 
@@ -218,7 +230,7 @@ def test_trimmed_moments_equal_plain_on_clean_data_any_chunking():
     good[100:180] = False
     ref = x[:, good]
     for sizes in ([3001], [1, 2, 997, 2001], [250] * 12 + [1]):
-        tm, pos = rec.TrimmedMoments(5, 250), 0
+        tm, pos = TrimmedMoments(5, 250), 0
         for k in sizes:
             tm.add(x[:, pos:pos + k], good[pos:pos + k])
             pos += k
@@ -227,7 +239,7 @@ def test_trimmed_moments_equal_plain_on_clean_data_any_chunking():
         np.testing.assert_allclose(std, ref.std(axis=1), rtol=1e-12)
         assert not tm.excluded.any()
     x[2, 1500] = 1e6  # one block of channel 2 is an outlier: left out of its moments only
-    tm = rec.TrimmedMoments(5, 250)
+    tm = TrimmedMoments(5, 250)
     tm.add(x, good)
     mean, std = tm.finish()
     keep = good.copy()
@@ -256,11 +268,12 @@ def _libribrain(tmp_path, edit=None):
         x = read_run(paths[FIRST_TRAIN_KEY])
         edit(x)
         write_run(paths[FIRST_TRAIN_KEY], x, 250.0)
-    cfg = lb.LibriBrainConfig(str(root), str(tmp_path / "out"), segment_seconds=1.0,
+    cfg = LibriBrainConfig(str(root), str(tmp_path / "out"), segment_seconds=1.0,
                               train_run_keys=[FIRST_TRAIN_KEY, OTHER_TRAIN_KEY],
                               preprocessing_str=DEFAULT_PROC, progress=False, qc=False,
                               fsync=False)
-    return lb, lb.make_libribrain_manifests(cfg), paths, (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY)
+    out = libribrain_pipeline.make_libribrain_manifests(cfg)
+    return lb, out, paths, (FIRST_TRAIN_KEY, OTHER_TRAIN_KEY)
 
 
 def test_libribrain_absurd_sample_dropped_statistics_unharmed(tmp_path):
@@ -302,11 +315,11 @@ def test_libribrain_constant_output_fails_loudly(tmp_path):
     x = read_run(paths[lb.parse_run_key("0,11,Sherlock1,2")])  # the validation run
     x[5] += 1e-8  # far beyond +-10 stds of channel 5 (~1e-12), still plausible
     write_run(paths[lb.parse_run_key("0,11,Sherlock1,2")], x, 250.0)
-    cfg = lb.LibriBrainConfig(str(root), str(tmp_path / "out"), segment_seconds=1.0,
+    cfg = LibriBrainConfig(str(root), str(tmp_path / "out"), segment_seconds=1.0,
                               train_run_keys=[lb.parse_run_key("0,1,Sherlock1,1"),
                                               OTHER_TRAIN_KEY],
                               progress=False, qc=False, fsync=False)
-    out = lb.make_libribrain_manifests(cfg)
+    out = libribrain_pipeline.make_libribrain_manifests(cfg)
     (bad,) = [r for r in out["results"] if r.status == "failed"]
     assert "0,11,Sherlock1,2" in bad.reason and "channel(s) [5] would be constant" in bad.reason
     assert out["failed"] == 1

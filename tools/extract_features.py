@@ -25,7 +25,8 @@ def layer_option(text: str):
     try:
         return parse_layer(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).replace("--layer ", "")) from None
+        # "layer must be ..." -> argparse's "argument --layer: must be ..."
+        raise argparse.ArgumentTypeError(str(err).replace("layer ", "", 1)) from None
 
 
 def main(argv=None) -> int:

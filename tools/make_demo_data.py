@@ -21,6 +21,7 @@ from meg2vec_fairseq.cli import (
     positive_int,
     run_main,
 )
+from meg2vec_fairseq.constants import N_SENSORS, SFREQ
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
 
 
@@ -36,9 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--valid-recordings", type=nonnegative_int, default=2,
                         help="recordings for valid (fewer than --recordings; 0: an empty "
                         "valid.tsv, train with dataset.disable_validation=true)")
-    parser.add_argument("--channels", type=positive_int, default=306,
+    parser.add_argument("--channels", type=positive_int, default=N_SENSORS,
                         help="number of MEG channels")
-    parser.add_argument("--sfreq", type=positive_float, default=250.0, help="sampling rate (Hz)")
+    parser.add_argument("--sfreq", type=positive_float, default=SFREQ, help="sampling rate (Hz)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     args = parser.parse_args(argv)

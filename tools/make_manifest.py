@@ -19,15 +19,18 @@ Ctrl-C. Interrupted runs resume: run the same command again.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import shlex
 import sys
-import time
-import types
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from meg2vec_fairseq.cli import ToolParser, flag_message, option_flags
+from meg2vec_fairseq.constants import N_SENSORS, SFREQ
+from meg2vec_fairseq.errors import LibriBrainError, OutputLockedError, OutputPathError
+from meg2vec_fairseq.preprocessing import manifests
+from meg2vec_fairseq.preprocessing.libribrain import STATS_FILENAME, parse_run_key
+from meg2vec_fairseq.preprocessing.ownership import check_output_dir
+from meg2vec_fairseq.preprocessing.params import PNPL_DEFAULT, LibriBrainConfig, PreprocessParams
+
 #: Ctrl-C ends the run with this line on stderr and exit code 130.
 INTERRUPTED = "interrupted; re-run the same command to resume"
 
@@ -38,35 +41,6 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
-
-
-def _light_import(name: str) -> types.ModuleType:
-    """Import ``meg2vec_fairseq.<...>`` module ``name`` without the package ``__init__``.
-
-    The package ``__init__`` registers the fairseq model/task and so imports fairseq and
-    torch (~3 s, ~370 MB per process); preprocessing and the option parsing need neither.
-    If the package is already imported (e.g. in tests), it is used as is.
-    """
-    if "meg2vec_fairseq" not in sys.modules:
-        pkg_dir = None
-        spec = importlib.util.find_spec("meg2vec_fairseq")
-        if spec is not None and spec.submodule_search_locations:
-            pkg_dir = list(spec.submodule_search_locations)
-        elif (REPO / "meg2vec_fairseq").is_dir():
-            pkg_dir = [str(REPO / "meg2vec_fairseq")]
-        if pkg_dir:
-            stub = types.ModuleType("meg2vec_fairseq")
-            stub.__path__ = pkg_dir
-            stub.__file__ = str(Path(pkg_dir[0]) / "__init__.py")
-            sys.modules["meg2vec_fairseq"] = stub
-    return importlib.import_module(name)
-
-
-def _import_preprocessing():
-    """``meg2vec_fairseq.preprocessing.segments`` and ``.recordings`` (light import)."""
-    segments = _light_import("meg2vec_fairseq.preprocessing.segments")
-    recordings = _light_import("meg2vec_fairseq.preprocessing.recordings")
-    return segments, recordings
 
 
 # ------------------------------------------------------------------------ options
@@ -115,8 +89,8 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 def add_preprocessing_options(p: argparse.ArgumentParser) -> None:
     """Signal options (raw and bids); defaults match LibriBrain (250 Hz) and the seed."""
     g = p.add_argument_group("preprocessing")
-    g.add_argument("--sfreq", type=_finite, default=250.0,
-                   help="output sampling rate in Hz (polyphase resampling; default: 250)")
+    g.add_argument("--sfreq", type=_finite, default=SFREQ,
+                   help=f"output sampling rate in Hz (polyphase resampling; default: {SFREQ:g})")
     g.add_argument("--l-freq", type=_finite, default=1.0,
                    help="band-pass low edge in Hz, 0 for none (default: 1)")
     g.add_argument("--h-freq", type=_finite, default=40.0,
@@ -124,9 +98,9 @@ def add_preprocessing_options(p: argparse.ArgumentParser) -> None:
                         "(default: 40)")
     g.add_argument("--segment-seconds", type=_finite, default=5.0,
                    help="segment length in seconds (default: 5)")
-    g.add_argument("--n-channels", type=int, default=306,
+    g.add_argument("--n-channels", type=int, default=N_SENSORS,
                    help="rows per segment: MEG channels padded with zeros or truncated "
-                        "(default: 306)")
+                        f"(default: {N_SENSORS})")
     g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the saved segments (default: float32)")
     g.add_argument("--chunk-seconds", type=_finite, default=10.0,
@@ -137,20 +111,41 @@ def add_preprocessing_options(p: argparse.ArgumentParser) -> None:
                         "then leave empty files, a killed process still cannot)")
 
 
-def _params(args, recordings):
-    params = recordings.PreprocessParams(
+def _usage_error(parser: argparse.ArgumentParser, err: Exception):
+    """A library message about an option, in the command line's words (exit 2)."""
+    parser.error(flag_message(str(err), option_flags(parser)))
+
+
+def _output_options(args) -> manifests.OutputOptions:
+    return manifests.OutputOptions(
+        dest=args.dest, segments_dir=args.segments_dir, valid_percent=args.valid_percent,
+        seed=args.seed, jobs=args.jobs, overwrite=args.overwrite,
+        progress=not args.no_progress, qc=not args.no_qc)
+
+
+def _mne_options(args, parser):
+    """Output and preprocessing options of ``raw``/``bids``, checked (usage error: exit 2)."""
+    out = _output_options(args)
+    params = PreprocessParams(
         sfreq=args.sfreq, l_freq=args.l_freq, h_freq=args.h_freq,
         segment_seconds=args.segment_seconds, n_channels=args.n_channels,
         dtype=args.dtype, chunk_seconds=args.chunk_seconds, fsync=not args.no_fsync)
-    params.validate()
-    return params
+    try:
+        out.validate()
+        params.validate()
+    except ValueError as err:
+        _usage_error(parser, err)
+    return out, params
 
 
-def _check_output_options(args) -> None:
-    if not 0 <= args.valid_percent < 1:
-        raise ValueError(f"--valid-percent must be in [0, 1), got {args.valid_percent}")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+def _locked_run(fn, *a, **kw):
+    """Run a driver; a folder held by another run is exit 1, one that cannot be made exit 2."""
+    try:
+        return fn(*a, **kw)
+    except OutputLockedError as err:
+        raise CommandError(str(err), 1) from None
+    except OutputPathError as err:
+        raise CommandError(str(err), 2) from None
 
 
 # -------------------------------------------------------------------- subcommands
@@ -167,11 +162,10 @@ def add_raw_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_raw(args, parser) -> int:
-    segments, recordings = _import_preprocessing()
-    not_used: list = []
-    found, problems = recordings.discover_recordings(args.roots, args.pattern, not_used)
-    return _run_mne(args, parser, found, problems, segments, recordings, args.roots,
-                    not_used)
+    out, params = _mne_options(args, parser)
+    run = _locked_run(manifests.make_raw_manifests, args.roots, params, out, args.pattern,
+                      command=args.command_line)
+    return finish(run, parser)
 
 
 def add_bids_args(p: argparse.ArgumentParser) -> None:
@@ -189,59 +183,29 @@ def add_bids_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bids(args, parser) -> int:
-    segments, recordings = _import_preprocessing()
-    not_used: list = []
-    found, problems = recordings.discover_bids(args.bids_root, args.subjects, args.sessions,
-                                               args.tasks, args.runs, not_used)
-    return _run_mne(args, parser, found, problems, segments, recordings, [args.bids_root],
-                    not_used)
+    out, params = _mne_options(args, parser)
+    entities = {"subjects": args.subjects, "sessions": args.sessions, "tasks": args.tasks,
+                "runs": args.runs}
+    run = _locked_run(manifests.make_bids_manifests, args.bids_root, params, out, entities,
+                      command=args.command_line)
+    return finish(run, parser)
 
 
-def _run_mne(args, parser, found, problems, segments, recordings, inputs,
-             not_used=()) -> int:
-    """Shared body of ``raw`` and ``bids``: process, finalize, summarize."""
-    try:
-        _check_output_options(args)
-        params = _params(args, recordings)
-    except ValueError as err:
-        parser.error(str(err))
-    segments_root = (args.segments_dir or args.dest / "segments").resolve()
-    _claim_outputs(args, segments, segments_root)
-    segments_root.mkdir(parents=True, exist_ok=True)
-    tasks = recordings.make_tasks(found, params, segments_root, overwrite=args.overwrite)
-    t0 = time.perf_counter()
-    results = segments.run_recordings(recordings.process_recording, tasks, jobs=args.jobs,
-                                      progress=not args.no_progress)
-    results += problems
-    run_params = {"command": args.command, **params.fingerprint_dict(),
-                  "valid_percent": args.valid_percent, "seed": args.seed,
-                  "segments_root": str(segments_root), "inputs": [str(i) for i in inputs]}
-    return finish(args, segments, results, segments_root, run_params,
-                  time.perf_counter() - t0, not_used)
-
-
-def finish(args, segments, results, segments_root, run_params, elapsed: float,
-           not_used=()) -> int:
-    """Write manifests/report/QC, print the summary; returns the exit code (0 or 1).
-
-    ``not_used``: files the search saw but did not use, with reasons (in report.json).
-    """
-    out = segments.finalize_outputs(args.dest, segments_root, results, run_params,
-                                    args.valid_percent, args.seed, qc=not args.no_qc,
-                                    not_used=not_used)
-    s = segments.summarize(results)
+def finish(run: manifests.ManifestRun, parser) -> int:
+    """Print the summary of a ``raw``/``bids`` run; returns the exit code (0 or 1)."""
+    s, out, flags = run.summary, run.outputs, option_flags(parser)
     n_train, n_valid = len(out["splits"]["train"]), len(out["splits"]["valid"])
     print(f"{s['recordings']} recording(s): {s['ok']} ok, {s['skipped']} already done, "
           f"{s['failed']} failed; {s['segments_written']} segments "
           f"({s['seconds_kept']:.1f} s; train {n_train}, valid {n_valid}); "
-          f"dropped {s['segments_dropped'] or 0}; {len(not_used)} file(s) not used; "
-          f"{elapsed:.1f} s")
-    for r in results:
+          f"dropped {s['segments_dropped'] or 0}; {len(run.not_used)} file(s) not used; "
+          f"{run.elapsed_s:.1f} s")
+    for r in run.results:
         if r.status == "failed":
-            print(f"  FAILED {r.recording_id}: {r.reason}")
+            print(f"  FAILED {r.recording_id}: {flag_message(r.reason, flags)}")
     print(f"manifests: {out['manifests']['train']} {out['manifests']['valid']}; "
           f"report: {out['report']}" + (f"; qc: {out['qc']}" if out["qc"] else ""))
-    return 1 if s["failed"] else 0
+    return 1 if run.failed else 0
 
 
 def add_libribrain_args(p: argparse.ArgumentParser) -> None:
@@ -262,7 +226,7 @@ def add_libribrain_args(p: argparse.ArgumentParser) -> None:
                             f"--{side}-partition")
     g.add_argument("--exclude-run-keys", nargs="+", default=[], metavar="SUB,SES,TASK,RUN",
                    help="runs left out of both train and valid")
-    g.add_argument("--preprocessing-str", default="pnpl-default", metavar="P",
+    g.add_argument("--preprocessing-str", default=PNPL_DEFAULT, metavar="P",
                    help="the _proc-<P> part of pnpl's file names, 'none' for none "
                         "(default: pnpl's, bads+headpos+sss+notch+bp+ds)")
     g.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
@@ -289,20 +253,18 @@ def add_libribrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_libribrain(args, parser) -> int:
-    _import_preprocessing()
-    lb = importlib.import_module("meg2vec_fairseq.preprocessing.libribrain")
     none = ("none", "")
     try:
         if args.valid_percent is not None or args.seed is not None:
-            raise lb.LibriBrainError("--valid-percent/--seed do not apply: the split is "
-                                     "--valid-partition or --valid-run-keys")
-        cfg = lb.LibriBrainConfig(
+            raise LibriBrainError("--valid-percent/--seed do not apply: the split is "
+                                  "--valid-partition or --valid-run-keys")
+        cfg = LibriBrainConfig(
             data_path=str(args.data_path), dest=str(args.dest), dataset=args.dataset,
             train_partition=None if args.train_partition.lower() in none else args.train_partition,
             valid_partition=None if args.valid_partition.lower() in none else args.valid_partition,
-            train_run_keys=[lb.parse_run_key(k) for k in args.train_run_keys],
-            valid_run_keys=[lb.parse_run_key(k) for k in args.valid_run_keys],
-            exclude_run_keys=[lb.parse_run_key(k) for k in args.exclude_run_keys],
+            train_run_keys=[parse_run_key(k) for k in args.train_run_keys],
+            valid_run_keys=[parse_run_key(k) for k in args.valid_run_keys],
+            exclude_run_keys=[parse_run_key(k) for k in args.exclude_run_keys],
             preprocessing_str=None if args.preprocessing_str.lower() in none
             else args.preprocessing_str,
             standardize=args.standardize,
@@ -311,32 +273,26 @@ def cmd_libribrain(args, parser) -> int:
             jobs=args.jobs, overwrite=args.overwrite, chunk_seconds=args.chunk_seconds,
             segments_root=str(args.segments_dir) if args.segments_dir else None,
             progress=not args.no_progress, qc=not args.no_qc, fsync=not args.no_fsync)
-        cfg.check()
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-        selection = lb.select_runs(cfg.dataset, cfg.train_partition, cfg.valid_partition,
-                                   cfg.train_run_keys, cfg.valid_run_keys, cfg.exclude_run_keys)
+        selection = manifests.check_libribrain(cfg)
     except ValueError as err:  # LibriBrainError is a ValueError
-        parser.error(str(err))
-    _claim_outputs(args, lb.seg, args.segments_dir or args.dest / "segments")
-    t0 = time.perf_counter()
+        _usage_error(parser, err)
     try:
-        out = lb.make_libribrain_manifests(cfg, selection)
-    except lb.LibriBrainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        run = _locked_run(manifests.make_libribrain_run, cfg, selection,
+                          command=args.command_line)
+    except LibriBrainError as err:
+        print(f"error: {flag_message(str(err), option_flags(parser))}", file=sys.stderr)
         return 1
-    s = out["outputs"]["splits"]
-    summary = lb.seg.summarize(out["results"])
+    s, summary = run.outputs["splits"], run.summary
     print(f"{summary['recordings']} run(s): {summary['ok']} ok, {summary['skipped']} already "
           f"done, {summary['failed']} failed; train {len(s['train'])}, valid "
-          f"{len(s['valid'])} segments; {time.perf_counter() - t0:.1f} s")
-    for r in out["results"]:
+          f"{len(s['valid'])} segments; {run.elapsed_s:.1f} s")
+    for r in run.results:
         if r.status == "failed":
-            print(f"  FAILED {r.recording_id}: {r.reason}")
-    print(f"manifests: {out['outputs']['manifests']['train']} "
-          f"{out['outputs']['manifests']['valid']}; statistics: "
-          f"{Path(cfg.dest) / lb.STATS_FILENAME}; report: {out['outputs']['report']}")
-    return 1 if out["failed"] else 0
+            print(f"  FAILED {r.recording_id}: {flag_message(r.reason, option_flags(parser))}")
+    print(f"manifests: {run.outputs['manifests']['train']} "
+          f"{run.outputs['manifests']['valid']}; statistics: "
+          f"{Path(cfg.dest) / STATS_FILENAME}; report: {run.outputs['report']}")
+    return 1 if run.failed else 0
 
 
 #: name -> (add arguments, run, help). Add new input types here.
@@ -352,13 +308,12 @@ SUBCOMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     # ToolParser: a usage error is the usage line plus one ``error: ...`` line, exit 2,
     # like every tool (argparse's own "make_manifest.py raw: error: ..." otherwise).
-    tool_parser = _light_import("meg2vec_fairseq.cli").ToolParser
-    parser = tool_parser(
+    parser = ToolParser(
         prog="make_manifest.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     # The subcommand parsers are of the same class (argparse's default parser_class).
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=tool_parser)
+                                parser_class=ToolParser)
     for name, (add_args, run, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -368,33 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_output_paths(args) -> None:
     """``--dest`` and the segments folder must be (creatable) writable folders: exit 2."""
-    segments, _ = _import_preprocessing()
     folders = [("--dest", args.dest)]
     folders.append(("--segments-dir", args.segments_dir) if args.segments_dir is not None
                    else ("segments folder", args.dest / "segments"))
     for what, path in folders:
         try:
-            segments.check_output_dir(path, what)
-        except segments.OutputPathError as err:
+            check_output_dir(path, what)
+        except OutputPathError as err:
             raise CommandError(str(err), 2) from None
-
-
-def _claim_outputs(args, segments, segments_root) -> None:
-    """Lock ``--dest`` and the segments folder, then drop the old manifests.
-
-    Call after the options are checked and before any segment is touched. Another run
-    holding a folder is exit 1 (the command is fine: run it later); a folder that cannot
-    be created is exit 2. The lock is released by :func:`main` (or when the process ends).
-    """
-    try:
-        args.output_lock = segments.lock_outputs(args.dest, segments_root,
-                                                 command=args.command_line)
-    except segments.OutputLockedError as err:
-        raise CommandError(str(err), 1) from None
-    except segments.OutputPathError as err:
-        raise CommandError(str(err), 2) from None
-    # A manifest must never list segments that this run is about to delete or rewrite.
-    segments.invalidate_outputs(args.dest)
 
 
 def main(argv=None) -> int:
@@ -408,13 +344,9 @@ def main(argv=None) -> int:
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
-    except KeyboardInterrupt:  # everything written so far is resumable
+    except KeyboardInterrupt:  # everything written so far is resumable (locks released)
         print(INTERRUPTED, file=sys.stderr)
         return 130
-    finally:
-        lock = getattr(args, "output_lock", None)
-        if lock is not None:
-            lock.release()
 
 
 if __name__ == "__main__":

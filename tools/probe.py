@@ -3,7 +3,7 @@
 
 Examples::
 
-    # your own labels: a manifest plus a labels TSV (format: README, "Probing")
+    # your own labels: a manifest plus a labels TSV (format: docs/probing.md)
     python tools/probe.py --manifest manifests/demo/valid.tsv --labels labels.tsv \\
         --checkpoint checkpoints/meg2vec_tiny/checkpoint_best.pt --random-init meg2vec_tiny \\
         --raw --json probe.json --plot probe.png
@@ -24,6 +24,7 @@ import os
 import sys
 import warnings
 
+from meg2vec_fairseq import register_with_fairseq
 from meg2vec_fairseq.cli import (
     ToolParser,
     check_outputs,
@@ -36,24 +37,28 @@ from meg2vec_fairseq.cli import (
     positive_int,
     run_main,
 )
+from meg2vec_fairseq.constants import MAX_ABS_VALUE, SFREQ
 from meg2vec_fairseq.features import parse_layer
-from meg2vec_fairseq.probe import (
-    DEFAULT_C_GRID,
-    LIBRIBRAIN_TASKS,
-    POOLINGS,
-    ModelSource,
-    RawSource,
-    SourceSpec,
-    build_random_model,
-    checkpoint_source,
-    format_table,
-    load_libribrain,
-    load_manifest_labels,
-    plot_formats,
-    plot_result,
-    run_probe,
-    write_json,
+from meg2vec_fairseq.probing.classifier import DEFAULT_C_GRID
+from meg2vec_fairseq.probing.libribrain_labels import LIBRIBRAIN_TASKS
+from meg2vec_fairseq.probing.pooling import POOLINGS
+from meg2vec_fairseq.probing.report import format_table, plot_formats
+from meg2vec_fairseq.probing.run import probe
+
+#: How library messages name a parameter -> the option a user of this tool gives.
+FLAGS = (
+    ("random_init ", "--random-init "),
+    ("allow_overlap=True", "--allow-overlap"),
+    ("max_abs_value=0", "--max-abs-value 0"),
+    ("a longer context", "--context"),
 )
+
+
+def as_flags(message: str) -> str:
+    """A library message in this tool's words: parameters named as its options."""
+    for parameter, flag in FLAGS:
+        message = message.replace(parameter, flag)
+    return message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="LibriBrain window end (s), after --tmin")
     data.add_argument("--max-windows", type=positive_int, default=None,
                       help="LibriBrain: at most this many windows per partition (random)")
-    data.add_argument("--sample-rate", type=positive_float, default=250.0,
-                      help="sampling rate of the manifest's segments (Hz, default 250)")
+    data.add_argument("--sample-rate", type=positive_float, default=SFREQ,
+                      help="sampling rate of the manifest's segments (Hz, default %(default)g)")
     data.add_argument("--allow-overlap", action="store_true",
                       help="only warn (instead of failing) when windows of one segment overlap "
                       "across splits")
-    data.add_argument("--max-abs-value", type=nonnegative_float, default=1000.0,
+    data.add_argument("--max-abs-value", type=nonnegative_float,
+                      default=MAX_ABS_VALUE,
                       help="refuse a window with |x| above this (segments are z-scored; "
                       "0 disables; default 1000)")
     data.add_argument("--context", type=nonnegative_float, default=0.0,
@@ -123,8 +129,8 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--tmax {args.tmax} must be after --tmin {args.tmin}")
     try:
         args.layer = parse_layer(args.layer)
-    except ValueError as err:
-        parser.error(str(err))
+    except ValueError as err:  # "layer must be ..."
+        parser.error(f"--{err}")
     check_outputs(parser, files=[("--json", args.json), ("--plot", args.plot)])
     if args.plot:
         extension = os.path.splitext(args.plot)[1].lower().lstrip(".")
@@ -137,50 +143,31 @@ def check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG
+    if args.checkpoint or args.random_init:
+        register_with_fairseq()  # imports fairseq now: it leaves the root logger at DEBUG
+    logging.getLogger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
     check_usage(parser, args)
-    layer = args.layer
     try:
-        if args.libribrain:
-            dataset = load_libribrain(args.libribrain, args.data_path, args.channel_stats,
-                                      args.tmin, args.tmax, args.max_windows)
-        else:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                dataset = load_manifest_labels(
-                    args.manifest, args.labels, args.sample_rate, args.context,
-                    allow_overlap=args.allow_overlap, max_abs_value=args.max_abs_value,
-                )
-            for warning in caught:  # --allow-overlap: loud, on its own line
-                print(f"warning: {warning.message}", file=sys.stderr)
-        sources = []
-        if args.checkpoint:
-            checkpoint = checkpoint_source(args.checkpoint, layer)  # load once, fail early
-            sources.append(SourceSpec("checkpoint", lambda seed: checkpoint))
-        if args.random_init:
-            def random_source(seed, config=args.random_init):
-                model, normalize = build_random_model(config, seed, dataset.n_channels)
-                return ModelSource(model, layer, normalize, name="random-init",
-                                   kind="random-init", origin=config)
-
-            random_source(0)  # checks the layer before any feature is computed
-            sources.append(SourceSpec("random-init", random_source, seeded=True))
-        if args.raw:
-            sources.append(SourceSpec("raw", lambda seed: RawSource()))
-        log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-        result = run_probe(dataset, sources, args.seeds, args.pooling, args.train_fraction,
-                           args.c_grid, log=log)
+        result = probe(
+            manifest=args.manifest, labels=args.labels, libribrain=args.libribrain,
+            data_path=args.data_path, channel_stats=args.channel_stats, tmin=args.tmin,
+            tmax=args.tmax, max_windows=args.max_windows, sample_rate=args.sample_rate,
+            context=args.context, allow_overlap=args.allow_overlap,
+            max_abs_value=args.max_abs_value, checkpoint=args.checkpoint,
+            random_init=args.random_init, raw=args.raw, layer=args.layer, seeds=args.seeds,
+            pooling=args.pooling, train_fraction=args.train_fraction, c_grid=args.c_grid,
+            json_path=args.json, plot_path=args.plot,
+            log=None if args.quiet else (lambda line: print(line, file=sys.stderr)),
+            warn=lambda message: print(f"warning: {as_flags(message)}", file=sys.stderr),
+        )
     except (ValueError, OSError) as err:  # ProbeError, CheckpointError, unreadable files
-        print(f"error: {first_line(err)}", file=sys.stderr)
+        print(f"error: {as_flags(first_line(err))}", file=sys.stderr)
         return 1
     print(format_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot_result(result, args.plot)
-        print(f"wrote {args.plot}")
+    for path in (args.json, args.plot):
+        if path:
+            print(f"wrote {path}")
     return 0
 
 

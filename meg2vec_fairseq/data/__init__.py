@@ -1,3 +1,1 @@
-"""fairseq datasets of the plugin."""
-
-from .meg_dataset import MegDataError, MegNpyDataset, read_manifest  # noqa: F401
+"""fairseq datasets of the plugin (imports fairseq and torch)."""

@@ -1,15 +1,9 @@
-"""Dataset of ``(channels, time)`` MEG segments listed in a fairseq TSV manifest.
+"""fairseq dataset of ``(channels, time)`` MEG segments listed in a TSV manifest.
 
-A manifest is fairseq's audio manifest format::
-
-    /absolute/root/dir
-    relative/path/segment_000.npy<TAB>1250
-    relative/path/segment_001.npy<TAB>1250
-
-Each ``.npy`` holds one ``(channels, time)`` float32 or float16 array. Everything that can
-be checked without reading the samples (file exists, real ``.npy``, not an object array,
-dtype, channel count, length, complete file) is checked when the manifest is loaded, so a
-bad segment stops the run before any update; NaN/inf and absurd values (``|x| >
+The manifest format and the segment-file checks are fairseq-free
+(:mod:`meg2vec_fairseq.io.manifest`, :mod:`meg2vec_fairseq.io.segment_file`): everything
+that can be checked without reading the samples is checked when the manifest is loaded, so
+a bad segment stops the run before any update; NaN/inf and absurd values (``|x| >
 max_abs_value``) are checked on the crop that is actually read, before it reaches the model.
 """
 
@@ -17,254 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
 from fairseq.data.data_utils import get_bucketed_sizes
 
-from ..cli import input_file_problem
-from ..errors import MegDataError  # noqa: F401  (re-exported)
+from ..errors import MegDataError
+from ..features import zscore_channels
+from ..io.manifest import read_manifest
+from ..io.segment_file import read_crop
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
-#: Default bound on ``|x|`` of the task (``task.max_abs_value``). Segments are z-scored per
-#: channel by ``make_manifest`` (and clipped to +-10 for LibriBrain), so real data lie within a
-#: few tens of standard deviations; 1000 standard deviations is no physiological signal but a
-#: unit error or a corrupt file, whose finite but huge values would otherwise overflow the
-#: gradients (fairseq's "gradients are Nan/Inf", naming no file). Also well inside float16.
-DEFAULT_MAX_ABS_VALUE = 1000.0
-
-
-def crop_value_problem(
-    crop: np.ndarray, start: int, max_abs_value: Optional[float], hint: str = ""
-) -> Optional[str]:
-    """What is wrong with the values of a ``(channels, n)`` crop, or None.
-
-    One pass over the crop (NaN propagates through ``max`` and inf is infinite); the slower
-    searches for the first bad sample run only for a bad crop.
-
-    Parameters
-    ----------
-    crop : ndarray, shape (channels, n)
-        The samples read.
-    start : int
-        Sample of the segment where the crop starts (for the message).
-    max_abs_value : float or None
-        Bound on ``|x|``; None or 0: no bound.
-    hint : str
-        Appended to the message of a value beyond the bound (how to relax it).
-    """
-    peak = float(np.max(np.abs(crop))) if crop.size else 0.0
-    if not np.isfinite(peak):
-        channels, samples = np.nonzero(~np.isfinite(crop))
-        return (f"{len(channels)} NaN/inf values, first at channel {channels[0]}, sample "
-                f"{start + samples[0]}")
-    if max_abs_value and peak > max_abs_value:
-        channels, samples = np.nonzero(np.abs(crop) > max_abs_value)
-        return (f"{len(channels)} values beyond +-{max_abs_value:g} (largest |x| {peak:.3g}), "
-                f"first at channel {channels[0]}, sample {start + samples[0]}"
-                + (f"; {hint}" if hint else ""))
-    return None
-
-
-
-
-@dataclass(frozen=True)
-class NpyHeader:
-    """What the header of a ``.npy`` file says about its array."""
-
-    shape: Tuple[int, ...]
-    dtype: np.dtype
-    fortran_order: bool
-    data_offset: int
-
-
-def read_npy_header(path: str) -> NpyHeader:
-    """Read the header of a ``.npy`` file without reading (or unpickling) its data.
-
-    Parameters
-    ----------
-    path : str
-        Path to the ``.npy`` file.
-
-    Returns
-    -------
-    NpyHeader
-        Shape, dtype, memory order and byte offset of the data.
-
-    Raises
-    ------
-    MegDataError
-        If the file is not a readable ``.npy`` file.
-    """
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-            offset = f.tell()
-    except (OSError, ValueError, SyntaxError) as err:
-        raise MegDataError(f"{path}: not a readable .npy file ({err})") from err
-    return NpyHeader(tuple(shape), np.dtype(dtype), bool(fortran_order), offset)
-
-
-def check_segment_header(path: str, expected_channels: int, expected_length: Optional[int]) -> None:
-    """Check that a ``.npy`` segment can be memory-mapped as ``(channels, time)`` floats.
-
-    Parameters
-    ----------
-    path : str
-        The segment file.
-    expected_channels : int
-        Number of channels the model reads.
-    expected_length : int or None
-        Number of time samples the manifest claims, or None to skip that check.
-
-    Raises
-    ------
-    MegDataError
-        Naming ``path`` and what is wrong.
-    """
-    problem = input_file_problem(path)
-    if problem:
-        raise MegDataError(f"{path}: file {problem}")
-    header = read_npy_header(path)
-    if header.dtype.hasobject:
-        raise MegDataError(
-            f"{path}: holds a Python-object array (dtype {header.dtype}); segments must be "
-            "float32 or float16 arrays (object arrays are never unpickled)"
-        )
-    if header.dtype not in SUPPORTED_DTYPES:
-        raise MegDataError(f"{path}: dtype {header.dtype} is not float32 or float16")
-    if len(header.shape) != 2:
-        raise MegDataError(f"{path}: array of shape {header.shape}, expected (channels, time)")
-    n_channels, n_samples = header.shape
-    if n_channels != expected_channels:
-        raise MegDataError(
-            f"{path}: {n_channels} channels, but the model reads in_channels={expected_channels}"
-        )
-    if expected_length is not None and n_samples != expected_length:
-        raise MegDataError(
-            f"{path}: holds {n_samples} time samples, but the manifest says {expected_length}"
-        )
-    expected_bytes = header.data_offset + n_channels * n_samples * header.dtype.itemsize
-    actual_bytes = os.path.getsize(path)
-    if actual_bytes < expected_bytes:
-        raise MegDataError(
-            f"{path}: truncated file ({actual_bytes} bytes, header needs {expected_bytes})"
-        )
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    """One usable row of a manifest."""
-
-    relative_path: str
-    num_samples: int
-    line_number: int
-
-
-def read_manifest(
-    manifest_path: str,
-    expected_channels: int,
-    min_sample_size: int = 0,
-    check_files: bool = True,
-) -> Tuple[str, List[ManifestRow], int]:
-    """Parse and check a fairseq TSV manifest of MEG segments.
-
-    Parameters
-    ----------
-    manifest_path : str
-        The ``{split}.tsv`` file.
-    expected_channels : int
-        Channel count every segment must have.
-    min_sample_size : int
-        Rows shorter than this are skipped (counted, not an error), as in fairseq.
-    check_files : bool
-        Whether to check every segment's ``.npy`` header (cheap: a few hundred bytes each).
-
-    Returns
-    -------
-    root : str
-        The root directory (first line).
-    rows : list of ManifestRow
-        Rows kept.
-    n_skipped : int
-        Rows dropped for being shorter than ``min_sample_size``.
-
-    Raises
-    ------
-    MegDataError
-        For a missing or empty manifest, a malformed row, or a bad segment, naming the
-        manifest, the line and the segment file.
-    """
-    problem = input_file_problem(manifest_path)
-    if problem:
-        raise MegDataError(f"{manifest_path}: manifest {problem}")
-    try:
-        with open(manifest_path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise MegDataError(f"{manifest_path}: cannot read manifest ({err})") from None
-    if not lines or not lines[0].strip():
-        raise MegDataError(f"{manifest_path}: empty manifest (no root directory line)")
-    root = lines[0].strip()
-    rows: List[ManifestRow] = []
-    first_seen: Dict[str, int] = {}
-    n_skipped = 0
-    for line_number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        where = f"{manifest_path}, line {line_number}"
-        if len(fields) != 2:
-            raise MegDataError(f"{where}: expected 'path<TAB>num_samples', got {line!r}")
-        relative_path, length_text = fields
-        try:
-            num_samples = int(length_text)
-        except ValueError:
-            raise MegDataError(f"{where}: num_samples {length_text!r} is not an integer") from None
-        if num_samples <= 0:
-            raise MegDataError(f"{where}: num_samples must be positive, got {num_samples}")
-        if min_sample_size and num_samples < min_sample_size:
-            n_skipped += 1
-            continue
-        if check_files:
-            try:
-                check_segment_header(
-                    os.path.join(root, relative_path), expected_channels, num_samples
-                )
-            except MegDataError as err:
-                raise MegDataError(f"{where}: {err}") from None
-        if relative_path in first_seen:  # legal, but sampled twice as often: say so
-            logger.warning(
-                f"warning: {where}: {relative_path} is listed again (first at line "
-                f"{first_seen[relative_path]}); it will be read once per listing"
-            )
-        else:
-            first_seen[relative_path] = line_number
-        rows.append(ManifestRow(relative_path, num_samples, line_number))
-    if not rows:
-        if n_skipped:
-            raise MegDataError(
-                f"{manifest_path}: no usable segments ({n_skipped} shorter than "
-                f"min_sample_size={min_sample_size})"
-            )
-        # make_manifest --valid-percent 0 writes a valid.tsv with the root line only
-        raise MegDataError(
-            f"{manifest_path}: empty manifest (no segment rows); to train without a "
-            "validation set pass dataset.disable_validation=true"
-            if os.path.basename(manifest_path).startswith("valid")
-            else f"{manifest_path}: empty manifest (no segment rows)"
-        )
-    return root, rows, n_skipped
 
 
 class MegNpyDataset(RawAudioDataset):
@@ -299,7 +60,7 @@ class MegNpyDataset(RawAudioDataset):
         Check every segment's header when the manifest is loaded.
     max_abs_value : float or None
         A crop holding a value with ``|x|`` above this raises :class:`MegDataError` naming
-        the file (None or 0: no check; the task's default is :data:`DEFAULT_MAX_ABS_VALUE`).
+        the file (None or 0: no check; the task's default is :data:`MAX_ABS_VALUE`).
     """
 
     def __init__(
@@ -389,17 +150,14 @@ class MegNpyDataset(RawAudioDataset):
         Only the requested samples are read (memory map); NaN, inf or a value beyond
         ``max_abs_value`` raise a :class:`MegDataError` naming the manifest row and the file.
         """
-        path = self.segment_path(index)
         try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            crop, _shape, problem = read_crop(
+                self.segment_path(index), start, length, self.max_abs_value,
+                hint="segments are expected z-scored (as make_manifest writes them): fix the "
+                "file, or raise or disable (0) task.max_abs_value",
+            )
         except (OSError, ValueError) as err:
             raise MegDataError(f"{self._where(index)}: cannot read segment ({err})") from err
-        crop = np.array(array[:, start : start + length], dtype=np.float32)  # a copy, not a view
-        problem = crop_value_problem(
-            crop, start, self.max_abs_value,
-            hint="segments are expected z-scored (as make_manifest writes them): fix the file, "
-            "or raise or disable (0) task.max_abs_value",
-        )
         if problem:
             raise MegDataError(f"{self._where(index)}: {problem}")
         return crop
@@ -414,12 +172,7 @@ class MegNpyDataset(RawAudioDataset):
 
     def postprocess(self, feats: torch.Tensor, curr_sample_rate: int) -> torch.Tensor:
         """Optionally z-score each channel over time (no averaging across channels)."""
-        if self.normalize:
-            mean = feats.mean(dim=-1, keepdim=True)
-            std = feats.std(dim=-1, keepdim=True)
-            # Zero (padded or flat) channels stay zero instead of becoming NaN.
-            feats = (feats - mean) / std.clamp_min(1e-8)
-        return feats
+        return zscore_channels(feats) if self.normalize else feats
 
     def collater(self, samples: Sequence[Dict[str, object]]) -> Dict[str, object]:
         """Batch ``(C, T_i)`` sources into ``(B, C, T)`` with an optional ``(B, T)`` padding mask.

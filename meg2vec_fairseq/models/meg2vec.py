@@ -70,7 +70,7 @@ from .pretext import PretextTasks, parse_bands
 from .targets import CROP_NORMS, RandomProjectionQuantizer
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
-# receptive field 60 samples (240 ms). See the README for the reasoning.
+# receptive field 60 samples (240 ms). See docs/pretraining.md (frame rate, crops and masks).
 DEFAULT_CONV_FEATURE_LAYERS = "[(512, 10, 5), (512, 3, 2), (512, 3, 1), (512, 3, 1)]"
 
 
@@ -313,10 +313,6 @@ class Meg2VecModel(Wav2Vec2Model):
                     "the pretext options (bands in Hz) were set for another sampling rate"
                 )
         return cls(cfg)
-
-    def frames_per_second(self, sample_rate: float) -> float:
-        """Frame rate of the encoder output for input sampled at ``sample_rate`` Hz."""
-        return frame_rate(self.cfg.conv_feature_layers, sample_rate)
 
     def forward(
         self,

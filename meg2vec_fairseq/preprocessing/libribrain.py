@@ -32,13 +32,13 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import LibriBrainError  # noqa: F401  (re-exported)
-from . import segments as seg
-
-RunKey = Tuple[str, str, str, str]
+from ..constants import N_SENSORS
+from ..errors import LibriBrainError
+from .params import DATASETS, RunKey
+from .stats import RunningStats, flat_channels
 
 #: LibriBrain is recorded on a 306-channel MEGIN system (pnpl's ``n_channels``).
-N_CHANNELS = 306
+N_CHANNELS = N_SENSORS
 
 #: Largest physically plausible |sample| (T or T/m; LibriBrain's HDF5 data are in SI
 #: units). Brain signals are ~1e-13..1e-11 and the largest interference MEG sensors report
@@ -48,17 +48,9 @@ N_CHANNELS = 306
 #: carry no channel types): the planar-gradiometer one of the ``raw`` input.
 MAX_ABS = 1e-4
 
-#: A standardised channel counts as constant in a segment below this std (or when its
-#: values are all equal) ...
-_CONSTANT_STD = 1e-3
-#: ... and that is an error unless its input there is also this quiet (in stds).
-_QUIET_INPUT = 1e-2
 
 #: File written beside the manifests with the transform applied to every segment.
 STATS_FILENAME = "channel_stats.npz"
-
-#: ``--dataset`` values: pnpl's LibriBrain (2025 release) and LibriBrain100 families.
-DATASETS = ("libribrain", "libribrain100")
 
 # pnpl modules per dataset family: (module holding the run-key constants, base dataset class).
 _FAMILY_MODULES = {
@@ -430,7 +422,7 @@ def locate_runs(resolver, run_keys: Sequence[RunKey], progress: bool = True) -> 
         else:
             errors[key] = (
                 f"run {format_run_key(key)}: file not found: {path} "
-                "(downloads are off; pass --download to fetch it through pnpl)"
+                "(downloads are off; pass download=True to fetch it through pnpl)"
             )
     if missing:
         bar = _progress(missing, desc="downloading LibriBrain runs", enabled=progress)
@@ -557,56 +549,6 @@ def iter_run_chunks(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunningStats:
-    """Per-channel count, mean and sum of squared deviations, updated chunk by chunk.
-
-    float64 and the pairwise (Chan et al.) merge keep the result equal to ``np.mean`` /
-    ``np.std`` (``ddof=0``, pnpl's definition) over all samples, whatever the chunking.
-    """
-
-    n: int = 0
-    mean: Optional[np.ndarray] = None
-    m2: Optional[np.ndarray] = None
-
-    def update(self, chunk: np.ndarray) -> None:
-        """Add a ``(channels, time)`` chunk."""
-        chunk = np.asarray(chunk, dtype=np.float64)
-        n = chunk.shape[1]
-        if n == 0:
-            return
-        mean = chunk.mean(axis=1)
-        m2 = ((chunk - mean[:, None]) ** 2).sum(axis=1)
-        self.merge(RunningStats(n, mean, m2))
-
-    def merge(self, other: RunningStats) -> None:
-        """Add another :class:`RunningStats` (e.g. another run's)."""
-        if other.n == 0:
-            return
-        if self.n == 0:
-            self.n, self.mean, self.m2 = other.n, other.mean.copy(), other.m2.copy()
-            return
-        total = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (other.n / total)
-        self.m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / total)
-        self.n = total
-
-    @property
-    def std(self) -> np.ndarray:
-        """Population standard deviation per channel."""
-        return np.sqrt(self.m2 / self.n)
-
-    def to_dict(self) -> dict:
-        """Picklable/JSON-able form (for worker processes)."""
-        return {"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunningStats:
-        """Inverse of :meth:`to_dict`."""
-        return cls(int(d["n"]), np.asarray(d["mean"], np.float64), np.asarray(d["m2"], np.float64))
-
-
 def run_statistics(
     resolver, run_key: RunKey, chunk_samples: int, use_cached: bool = True
 ) -> RunningStats:
@@ -634,12 +576,12 @@ def run_statistics(
             return cached
     stats = RunningStats()
     for chunk in iter_run_chunks(resolver, run_key, chunk_samples):
-        implausible = _implausible_samples(chunk)
+        implausible = implausible_samples(chunk)
         stats.update(chunk[:, ~implausible] if implausible.any() else chunk)
     return stats
 
 
-def _implausible_samples(chunk: np.ndarray) -> np.ndarray:
+def implausible_samples(chunk: np.ndarray) -> np.ndarray:
     """Time samples where some channel exceeds :data:`MAX_ABS` (NaN is not counted:
     NaN in training runs is reported as non-finite statistics)."""
     with np.errstate(invalid="ignore"):
@@ -684,12 +626,11 @@ class ChannelStats:
     @classmethod
     def from_running(cls, stats: RunningStats, **kwargs) -> ChannelStats:
         """Build from pooled :class:`RunningStats`; flat channels get std 1 (and are listed)."""
-        stds = stats.std
-        flat = np.flatnonzero(~(stds > 0))
+        flat = flat_channels(stats.std)
         # A flat channel would divide by zero (inf/NaN through the clip); leave it centred.
-        stds = np.where(stds > 0, stds, 1.0)
+        stds = np.where(flat, 1.0, stats.std)
         return cls(means=stats.mean, stds=stds, n_samples=stats.n,
-                   zero_std_channels=flat.tolist(), **kwargs)
+                   zero_std_channels=np.flatnonzero(flat).tolist(), **kwargs)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Standardise (if enabled) then clip (if set) a ``(channels, time)`` array.
@@ -791,211 +732,8 @@ def load_channel_stats(path: str) -> ChannelStats:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The pipeline: selection -> files -> statistics (train only) -> segments -> manifests
-# --------------------------------------------------------------------------------------------
 
-#: Sentinel: use pnpl's default ``preprocessing_str``.
-PNPL_DEFAULT = "pnpl-default"
-
-_STATS_CACHE = "_stats"  # per-run statistics cache under SEGMENTS_ROOT (resume without re-reading)
-
-
-@dataclass
-class LibriBrainConfig:
-    """Options of ``tools/make_manifest.py libribrain`` (see :func:`make_libribrain_manifests`)."""
-
-    data_path: str
-    dest: str
-    dataset: str = "libribrain"
-    train_partition: Optional[str] = "train"
-    valid_partition: Optional[str] = "validation"
-    train_run_keys: List[RunKey] = field(default_factory=list)
-    valid_run_keys: List[RunKey] = field(default_factory=list)
-    exclude_run_keys: List[RunKey] = field(default_factory=list)
-    preprocessing_str: Optional[str] = PNPL_DEFAULT
-    standardize: bool = True
-    clip: Optional[float] = 10.0
-    download: bool = False
-    segment_seconds: float = 5.0
-    dtype: str = "float32"
-    jobs: int = 1
-    overwrite: bool = False
-    chunk_seconds: float = 30.0
-    segments_root: Optional[str] = None
-    progress: bool = True
-    qc: bool = True
-    fsync: bool = True
-
-    def check(self) -> None:
-        """Reject inconsistent options before any work (raises :class:`LibriBrainError`)."""
-        if self.dataset not in DATASETS:
-            raise LibriBrainError(f"unknown dataset {self.dataset!r}: choose from {DATASETS}")
-        if not self.segment_seconds > 0:
-            raise LibriBrainError(f"--segment-seconds must be > 0, got {self.segment_seconds}")
-        if not self.chunk_seconds > 0:
-            raise LibriBrainError(f"chunk seconds must be > 0, got {self.chunk_seconds}")
-        if self.dtype not in ("float32", "float16"):
-            raise LibriBrainError(f"--dtype must be float32 or float16, got {self.dtype!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise LibriBrainError(f"--clip must be > 0 (or 'none'), got {self.clip}")
-        if self.dtype == "float16" and not self.standardize:
-            # Unstandardised LibriBrain is in tesla (~1e-12): below float16's smallest value.
-            raise LibriBrainError("--dtype float16 needs --standardize (MEG in tesla underflows)")
-        if not os.path.isdir(self.data_path) and not self.download:
-            raise LibriBrainError(
-                f"DATA_PATH {self.data_path} does not exist (downloads are off; pass "
-                "--download to fetch LibriBrain into it through pnpl)"
-            )
-
-
-def _stats_worker(task: seg.RecordingTask) -> seg.RecordingResult:
-    """Worker: one training run's streamed statistics, cached under SEGMENTS_ROOT/_stats."""
-    o = task.options
-    cache = os.path.join(o["segments_root"], _STATS_CACHE, task.recording_id + ".json")
-    ident = _source_identity(task.source)
-    try:
-        with open(cache, encoding="utf-8") as f:
-            cached = json.load(f)
-        if cached.get("source") == ident:
-            return seg.RecordingResult(task.recording_id, task.source,
-                                       extra={"stats": cached["stats"], "cached": True})
-    except (OSError, ValueError, KeyError):
-        pass  # no (valid) cache: compute
-    resolver = make_resolver(o["data_path"], o["dataset"], o["preprocessing_str"], False)
-    stats = run_statistics(resolver, tuple(o["run_key"]), o["chunk_samples"])
-    if stats.n == 0:
-        raise LibriBrainError(f"run {format_run_key(o['run_key'])} ({task.source}): no samples")
-    payload = {"source": ident, "stats": stats.to_dict()}
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    seg.atomic_write_text(cache, json.dumps(payload) + "\n", fsync=o["fsync"])
-    return seg.RecordingResult(task.recording_id, task.source, extra={"stats": payload["stats"]})
-
-
-def _source_identity(path: str) -> dict:
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _segment_worker(task: seg.RecordingTask) -> seg.RecordingResult:
-    """Worker: stream one run, standardise + clip, cut and write its segments."""
-    o = task.options
-    root = o["segments_root"]
-    done = seg.load_done_marker(root, task.recording_id, o["fingerprint"])
-    if done is not None:
-        return done
-    seg.prepare_recording_dir(root, task.recording_id)
-    key = tuple(o["run_key"])
-    transform = ChannelStats(
-        means=np.asarray(o["means"]), stds=np.asarray(o["stds"]),
-        standardize=o["standardize"], clip=o["clip"],
-    )
-    resolver = make_resolver(o["data_path"], o["dataset"], o["preprocessing_str"], False)
-    sfreq = o["sfreq"]
-    counters = {"clipped": 0, "values": 0, "implausible": 0}
-    qc: Dict[str, dict] = {}
-    # Spans are added while streaming, always before the chunk holding them is cut.
-    segmenter = seg.Segmenter(o["segment_samples"], bad_spans={"implausible_amplitude": []})
-    amp_spans: List[Tuple[int, int]] = []
-
-    def chunks() -> Iterator[np.ndarray]:
-        pos = 0
-        for raw in iter_run_chunks(resolver, key, o["chunk_samples"]):
-            implausible = _implausible_samples(raw)
-            if implausible.any():
-                counters["implausible"] += int(implausible.sum())
-                amp_spans.extend((pos + a, pos + b) for a, b in _true_runs(implausible))
-                segmenter.bad_spans["implausible_amplitude"] = np.asarray(
-                    amp_spans, dtype=np.int64).reshape(-1, 2)
-                raw = raw.copy()
-                raw[:, implausible] = transform.means[:, None]  # z = 0, never written
-            pos += raw.shape[1]
-            if not qc:  # spectra of the first chunk (<= chunk seconds) for qc.png
-                qc["before"] = seg.qc_spectrum(raw, sfreq)
-            if transform.clip is None:
-                out = transform.apply(raw)
-            else:
-                out = _apply_counting(transform, raw, counters)
-            if "after" not in qc:
-                qc["after"] = seg.qc_spectrum(out, sfreq)
-            yield out
-
-    checked = _check_not_constant(segmenter.segments(chunks()), transform, task.source,
-                                  format_run_key(key))
-    rows = seg.write_segments(checked, root, task.recording_id,
-                              dtype=o["dtype"], fsync=o["fsync"])
-    n_times = o["n_times"]
-    result = seg.RecordingResult(
-        task.recording_id, task.source, system="megin306 (pnpl LibriBrain h5)",
-        n_channels=N_CHANNELS, n_meg_channels=N_CHANNELS, channel_policy="exact",
-        channel_names=o.get("channel_names", []),
-        sfreq_in=sfreq, sfreq_out=sfreq, seconds_in=round(n_times / sfreq, 3),
-        seconds_kept=round(len(rows) * o["segment_samples"] / sfreq, 3),
-        segments_written=len(rows), segments_dropped=dict(segmenter.dropped),
-        tail_seconds=round(segmenter.tail_samples / sfreq, 3), segments=rows, qc=qc,
-        extra={
-            "run_key": list(key), "split": o["split"], "dataset": o["dataset"],
-            "standardize": o["standardize"], "clip": o["clip"],
-            "clipped_fraction": (counters["clipped"] / counters["values"]
-                                 if counters["values"] else 0.0),
-            "implausible_samples": counters["implausible"],
-        },
-    )
-    seg.write_done_marker(root, result, o["fingerprint"])
-    return result
-
-
-def _true_runs(mask: np.ndarray) -> List[Tuple[int, int]]:
-    """Half-open ``[start, stop)`` runs of True in a 1-D boolean mask."""
-    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
-
-
-def _check_not_constant(segments: Iterator[seg.Segment], transform: ChannelStats,
-                        path: str, run: str) -> Iterator[seg.Segment]:
-    """Pass segments through; raise if a live input channel became constant in one.
-
-    Standardise-then-clip can flatten a channel when the statistics are far off (e.g. a
-    mean or std computed over corrupt samples) or the clip saturates; such a segment is
-    never written. A channel that looks constant in the output (all values equal, or,
-    when standardising, std below :data:`_CONSTANT_STD`) is checked against the input
-    over the same span (read again, only then): the run fails unless the input there is
-    constant too, or, standardised, below :data:`_QUIET_INPUT`.
-    """
-    import h5py
-
-    for s in segments:
-        out = s.data
-        low = out.max(axis=1) == out.min(axis=1)
-        if transform.standardize:
-            low |= out.std(axis=1) < _CONSTANT_STD
-        low = np.flatnonzero(low)
-        if len(low):
-            with h5py.File(path, "r") as f:
-                x = np.asarray(f["data"][:, s.start:s.start + out.shape[1]],
-                               dtype=np.float64)[low]
-            live = x.max(axis=1) > x.min(axis=1)
-            if transform.standardize:
-                live &= x.std(axis=1) / transform.stds[low] > _QUIET_INPUT
-            if live.any():
-                raise LibriBrainError(
-                    f"run {run} ({path}): channel(s) {low[live][:5].tolist()} would be "
-                    f"constant in segment {s.index} although the input there is not (the "
-                    "statistics do not fit this run, or corrupt samples?); refusing to "
-                    "write such segments")
-        yield s
-
-
-def _apply_counting(transform: ChannelStats, raw: np.ndarray, counters: dict) -> np.ndarray:
-    """``transform.apply`` that also counts the values the clip changes (for report.json)."""
-    unclipped = ChannelStats(transform.means, transform.stds, transform.standardize, None)
-    z = unclipped.apply(raw)
-    counters["clipped"] += int(np.count_nonzero(np.abs(z) > transform.clip))
-    counters["values"] += z.size
-    return np.clip(z, -transform.clip, transform.clip, out=z)
-
-
-def _channel_names(path: str) -> List[str]:
+def channel_names(path: str) -> List[str]:
     import h5py
 
     try:
@@ -1007,173 +745,3 @@ def _channel_names(path: str) -> List[str]:
         names = names.decode()
     names = [n.strip() for n in str(names).split(",")] if isinstance(names, str) else []
     return names if len(names) == N_CHANNELS else []
-
-
-def make_libribrain_manifests(cfg: LibriBrainConfig,
-                              selection: Optional[RunSelection] = None) -> dict:
-    """LibriBrain -> ``.npy`` segments, ``train.tsv``/``valid.tsv``, stats, report, QC.
-
-    Steps: select runs (:func:`select_runs`); find (or, with ``download``, fetch) their files
-    through pnpl; check each; stream per-channel statistics over the *training* runs only;
-    stream every run through standardise-then-clip with those statistics and cut it into
-    segments (parallel over runs, resumable through the shared done markers); write
-    ``channel_stats.npz``, then ``qc.png``, ``report.json`` and the manifests last.
-
-    A run that cannot be used (missing, unreadable, wrong shape, too short, failed download)
-    is a ``failed`` entry in ``report.json`` naming its run key and file; the other runs are
-    still processed.
-
-    Parameters
-    ----------
-    cfg : LibriBrainConfig
-    selection : RunSelection, optional
-        Result of :func:`select_runs` for ``cfg`` if already computed.
-
-    Returns
-    -------
-    dict
-        ``{"results": [RecordingResult], "selection": RunSelection, "stats": ChannelStats,
-        "outputs": finalize_outputs(...) dict, "failed": int}``.
-
-    Raises
-    ------
-    LibriBrainError
-        Bad options, or no training run usable (nothing sensible to write).
-    """
-    cfg.check()
-    if selection is None:
-        selection = select_runs(cfg.dataset, cfg.train_partition, cfg.valid_partition,
-                                cfg.train_run_keys, cfg.valid_run_keys, cfg.exclude_run_keys)
-    proc = pnpl_default_preprocessing_str() if cfg.preprocessing_str == PNPL_DEFAULT \
-        else cfg.preprocessing_str
-    dest = os.path.abspath(cfg.dest)
-    root = os.path.abspath(cfg.segments_root or os.path.join(dest, "segments"))
-    os.makedirs(root, exist_ok=True)
-    split_of_key = {k: "train" for k in selection.train}
-    split_of_key.update({k: "valid" for k in selection.valid})
-    ids = {k: run_key_name(k) for k in split_of_key}
-    if cfg.overwrite:  # forget earlier work on these runs (segments, markers, cached stats)
-        for rid in ids.values():
-            # Only what make_manifest wrote: a folder that is not provably its own is left
-            # alone, and that run then fails naming it (prepare_recording_dir refuses it).
-            seg.remove_recording_dir(root, rid)
-            _unlink(os.path.join(root, _STATS_CACHE, rid + ".json"))
-
-    resolver = make_resolver(cfg.data_path, cfg.dataset, proc, cfg.download)
-    located = locate_runs(resolver, list(split_of_key), progress=cfg.progress)
-    failed: Dict[RunKey, seg.RecordingResult] = {}
-
-    def fail(key: RunKey, reason: str, source: Optional[str] = None) -> None:
-        failed[key] = seg.RecordingResult.failed(
-            ids[key], source or h5_path(resolver, key), reason,
-            extra={"run_key": list(key), "split": split_of_key[key], "dataset": cfg.dataset})
-
-    for key, reason in located.errors.items():
-        fail(key, reason)
-    infos: Dict[RunKey, RunInfo] = {}
-    for key, path in located.paths.items():
-        try:
-            infos[key] = check_run(path, key, cfg.segment_seconds)
-        except LibriBrainError as err:
-            fail(key, str(err), path)
-    train_ok = [k for k in selection.train if k in infos]
-    if not train_ok:
-        raise LibriBrainError("no usable training run:\n  " + "\n  ".join(
-            r.reason for r in failed.values()))
-    sfreq = infos[train_ok[0]].sfreq
-    for key in list(infos):
-        if infos[key].sfreq != sfreq:
-            fail(key, f"run {format_run_key(key)} ({infos[key].path}): sample_frequency "
-                      f"{infos[key].sfreq} differs from {sfreq} of the training runs")
-            del infos[key]
-    chunk_samples = max(1, int(round(cfg.chunk_seconds * sfreq)))
-    segment_samples = int(round(cfg.segment_seconds * sfreq))
-    common = {"data_path": cfg.data_path, "dataset": cfg.dataset, "preprocessing_str": proc,
-              "segments_root": root, "chunk_samples": chunk_samples, "fsync": cfg.fsync}
-
-    # Statistics of the training runs only (streamed, cached per run for resume).
-    train_ok = [k for k in selection.train if k in infos]
-    pooled = RunningStats()
-    if cfg.standardize:
-        tasks = [seg.RecordingTask(ids[k], infos[k].path, dict(common, run_key=list(k)))
-                 for k in train_ok]
-        for key, res in zip(train_ok, seg.run_recordings(
-                _stats_worker, tasks, cfg.jobs, cfg.progress, desc="channel statistics")):
-            if res.status == "failed":
-                fail(key, res.reason, infos.pop(key).path)
-            else:
-                pooled.merge(RunningStats.from_dict(res.extra["stats"]))
-        stats_keys = [k for k in train_ok if k in infos]
-        if not stats_keys:
-            raise LibriBrainError("no training run could be read for statistics:\n  "
-                                  + "\n  ".join(r.reason for r in failed.values()))
-        if not (np.isfinite(pooled.mean).all() and np.isfinite(pooled.m2).all()):
-            bad = np.flatnonzero(~np.isfinite(pooled.mean + pooled.m2)).tolist()
-            raise LibriBrainError(
-                f"training statistics are not finite for channels {bad[:10]}: NaN/inf in "
-                "the training runs " + "; ".join(format_run_key(k) for k in stats_keys))
-        stats = ChannelStats.from_running(pooled, standardize=True)
-        stats.run_keys = stats_keys
-    else:
-        stats = ChannelStats(np.zeros(N_CHANNELS), np.ones(N_CHANNELS), standardize=False)
-    stats.clip, stats.sfreq, stats.dataset, stats.preprocessing_str = \
-        cfg.clip, sfreq, cfg.dataset, proc
-    if stats.zero_std_channels:
-        warnings.warn(f"flat channels in the training runs (left centred, not scaled): "
-                      f"{stats.zero_std_channels}", stacklevel=2)
-
-    params = {
-        "input": "libribrain", "dataset": cfg.dataset, "data_path": os.path.abspath(
-            cfg.data_path), "preprocessing_str": proc, "sfreq": sfreq,
-        "segment_seconds": cfg.segment_seconds, "segment_samples": segment_samples,
-        "dtype": cfg.dtype, "standardize": cfg.standardize, "clip": cfg.clip,
-        "stats_sha1": _stats_digest(stats), "stats_train_run_keys": [
-            list(k) for k in stats.run_keys],
-    }
-    fingerprint = seg.params_fingerprint(params)
-    order = [k for k in split_of_key if k in infos]  # train then valid, pnpl order
-    tasks = [
-        seg.RecordingTask(ids[k], infos[k].path, dict(
-            common, run_key=list(k), split=split_of_key[k], fingerprint=fingerprint,
-            means=stats.means.tolist(), stds=stats.stds.tolist(),
-            standardize=cfg.standardize, clip=cfg.clip, sfreq=sfreq,
-            segment_samples=segment_samples, dtype=cfg.dtype, n_times=infos[k].n_times,
-            channel_names=_channel_names(infos[k].path)))
-        for k in order
-    ]
-    results = seg.run_recordings(_segment_worker, tasks, cfg.jobs, cfg.progress,
-                                 desc="LibriBrain runs")
-    for key, res in zip(order, results):
-        if res.status == "failed":  # name the run key in the reason as well
-            if format_run_key(key) not in res.reason:
-                res.reason = f"run {format_run_key(key)} ({res.source}): {res.reason}"
-            res.extra.update({"run_key": list(key), "split": split_of_key[key]})
-    all_results = results + list(failed.values())
-    os.makedirs(dest, exist_ok=True)
-    save_channel_stats(stats, dest)
-    splits = seg.fixed_splits(all_results, {ids[k]: v for k, v in split_of_key.items()})
-    params.update({"train_run_keys": [list(k) for k in selection.train],
-                   "valid_run_keys": [list(k) for k in selection.valid],
-                   "exclude_run_keys": [list(k) for k in selection.excluded],
-                   "channel_stats": STATS_FILENAME})
-    outputs = seg.finalize_outputs(dest, root, all_results, params, 0.0, 0, qc=cfg.qc,
-                                   splits=splits)
-    n_failed = sum(r.status == "failed" for r in all_results)
-    return {"results": all_results, "selection": selection, "stats": stats,
-            "outputs": outputs, "failed": n_failed}
-
-
-def _stats_digest(stats: ChannelStats) -> str:
-    import hashlib
-
-    h = hashlib.sha1()
-    h.update(np.asarray(stats.means, np.float64).tobytes())
-    h.update(np.asarray(stats.stds, np.float64).tobytes())
-    return h.hexdigest()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

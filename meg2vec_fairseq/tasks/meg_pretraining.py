@@ -15,7 +15,8 @@ from fairseq.data import iterators
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
-from ..data.meg_dataset import DEFAULT_MAX_ABS_VALUE, MegDataError, MegNpyDataset
+from ..constants import MAX_ABS_VALUE, N_SENSORS, SFREQ
+from ..data.meg_dataset import MegDataError, MegNpyDataset
 
 
 class MegDataExit(SystemExit):
@@ -59,14 +60,14 @@ class MegPretrainingConfig(AudioPretrainingConfig):
     """:class:`AudioPretrainingConfig` with MEG defaults and the sensor count."""
 
     sample_rate: int = field(
-        default=250,
+        default=int(SFREQ),
         metadata={
             "help": "sampling rate (Hz) of the .npy segments; they carry none themselves, so "
             "this records it with the checkpoint (LibriBrain and make_manifest default: 250)"
         },
     )
     in_channels: int = field(
-        default=306,
+        default=N_SENSORS,
         metadata={"help": "number of MEG channels in every segment (and the model's input)"},
     )
     normalize: bool = field(
@@ -81,7 +82,7 @@ class MegPretrainingConfig(AudioPretrainingConfig):
         },
     )
     max_abs_value: Optional[float] = field(
-        default=DEFAULT_MAX_ABS_VALUE,
+        default=MAX_ABS_VALUE,
         metadata={
             "help": "stop with an error naming the file when a crop read for training holds a "
             "value with |x| above this (segments are z-scored by make_manifest, so real data "
@@ -138,7 +139,7 @@ class MegPretrainingTask(AudioPretrainingTask):
                 normalize=task_cfg.normalize,
                 num_buckets=self.cfg.num_batch_buckets,
                 check_files=task_cfg.check_files,
-                max_abs_value=getattr(task_cfg, "max_abs_value", DEFAULT_MAX_ABS_VALUE),
+                max_abs_value=getattr(task_cfg, "max_abs_value", MAX_ABS_VALUE),
             )
         except MegDataError as err:
             raise data_exit(err) from err

@@ -1,18 +1,4 @@
-"""Fine-tuning a ``meg2vec`` encoder plus a linear head on labelled windows.
-
-The counterpart of :mod:`meg2vec_fairseq.probe` that updates the encoder: the same labelled
-windows (:func:`~meg2vec_fairseq.probe.load_manifest_labels`, with their context and pooling
-span), the same frame-selection rule (:func:`~meg2vec_fairseq.probe.pool_frames`), the same
-stratified training subsets (:func:`~meg2vec_fairseq.probe.stratified_subset`) and metrics, so
-a fine-tuning score and a probe score on one dataset compare directly.
-
-Per run: a stratified ``label_fraction`` of the training windows (seeded); the model (a
-checkpoint's or fresh weights, deep-copied so the caller's model is untouched) and a linear head
-on the mean over time of the chosen layer's frames inside the span; AdamW (encoder ``lr_encoder``
-3e-4, head ``lr_head`` 1e-3: the head starts from scratch and needs the larger step), class-
-weighted cross-entropy, ``epochs`` passes; after each epoch the validation macro-F1 is measured
-and the best epoch's weights are kept; the test split is scored once, with those weights.
-"""
+"""Fine-tuning of a ``meg2vec`` encoder plus a linear head on labelled windows."""
 
 from __future__ import annotations
 
@@ -24,14 +10,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import probe as pr
-from .features import CNN_LAYER, n_layers
-from .models.meg2vec import conv_frame_geometry
+from ..errors import ProbeError
+from ..features import CNN_LAYER, check_layer, zscore_channels
+from ..models.meg2vec import conv_frame_geometry
+from .classifier import stratified_subset
+from .metrics import balanced_accuracy, confusion_matrix, macro_f1
+from .pooling import pool_frames
+from .windows import SPLITS, LabelledDataset
 
 
 @dataclass
 class FinetuneOptions:
-    """Hyper-parameters of :func:`finetune` (defaults: short, for many runs on shared hardware)."""
+    """Hyper-parameters of :func:`finetune` (defaults: short, for many runs on shared hardware).
+
+    Attributes
+    ----------
+    epochs, batch_size : int
+        Passes over the training subset, and windows per update.
+    lr_encoder, lr_head : float
+        AdamW learning rates of the model and of the linear head.
+    weight_decay : float
+        AdamW weight decay.
+    layer : int, "cnn" or None
+        Layer whose frames are pooled (None: the last Transformer layer).
+    cnn_grad_mult : float
+        Gradient scale into the conv feature encoder.
+    """
 
     epochs: int = 15
     batch_size: int = 32
@@ -45,7 +49,13 @@ class FinetuneOptions:
     cnn_grad_mult: float = 1.0
 
     def check(self) -> None:
-        """Raise ValueError (one line, naming the option) for an invalid value."""
+        """Check every option.
+
+        Raises
+        ------
+        ValueError
+            For an invalid value (one line, naming the option).
+        """
         if not isinstance(self.epochs, int) or self.epochs <= 0:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
@@ -60,28 +70,60 @@ class FinetuneOptions:
 
 
 def check_fraction(label_fraction: float) -> None:
-    """Raise ValueError unless ``0 < label_fraction <= 1``."""
+    """Check a fraction of labelled training windows.
+
+    Parameters
+    ----------
+    label_fraction : float
+        Must be in (0, 1].
+
+    Raises
+    ------
+    ValueError
+        Otherwise, naming the value.
+    """
     if not (isinstance(label_fraction, (int, float)) and 0 < label_fraction <= 1):
         raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
 
 
 @dataclass
 class WindowArrays:
-    """All windows of one split read once: groups of equal-length windows (``x``: ``(N, C,
-    L)`` float32), their labels and pooling spans, and their positions in dataset order."""
+    """All windows of one split, read once.
+
+    Attributes
+    ----------
+    groups : list of tuple
+        Per window length: ``x`` ``(N, C, L)`` float32, labels ``(N,)``, pooling spans and the
+        windows' positions in dataset order.
+    n : int
+        Windows in the split.
+    """
 
     groups: List[Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]], np.ndarray]]
     n: int
 
 
-def read_windows(dataset: pr.LabelledDataset) -> Dict[str, WindowArrays]:
+def read_windows(dataset: LabelledDataset) -> Dict[str, WindowArrays]:
     """Read every window of every split once (cache this across fine-tuning runs).
 
+    Parameters
+    ----------
+    dataset : LabelledDataset
+        The labelled windows.
+
+    Returns
+    -------
+    dict
+        Split -> :class:`WindowArrays`.
+
+    Notes
+    -----
     Windows of one length are stacked (the context is clipped at segment ends, so lengths can
-    differ); batches never mix lengths, as in :func:`~meg2vec_fairseq.probe.feature_matrix`.
+    differ); batches never mix lengths, as in
+    :func:`~meg2vec_fairseq.probing.pooling.feature_matrix`.
     """
     out = {}
-    for split in pr.SPLITS:
+    for split in SPLITS:
         windows = dataset.split_windows(split)
         by_length: Dict[int, List[int]] = {}
         for i, window in enumerate(windows):
@@ -110,8 +152,8 @@ class _Classifier(nn.Module):
         self.head = nn.Linear(dim, n_classes)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize:  # as ModelSource.frames: per-window, per-channel z-score
-            x = (x - x.mean(dim=-1, keepdim=True)) / x.std(dim=-1, keepdim=True).clamp_min(1e-8)
+        if self.normalize:  # as the task and ModelSource.frames
+            x = zscore_channels(x)
         layer = None if self.layer in (None, CNN_LAYER) else self.layer
         output = self.model.extract_features(x, None, mask=False, layer=layer)
         return output["features"] if self.layer == CNN_LAYER else output["x"]
@@ -126,11 +168,11 @@ class _Classifier(nn.Module):
 def _pool_weights(
     pools: Sequence[Tuple[int, int]], n_frames: int, receptive_field: int, stride: int
 ) -> np.ndarray:
-    """Mean-pooling weights per window: exactly the frames :func:`probe.pool_frames` selects
-    (centre in the span, else the nearest), obtained by pooling an identity matrix with it."""
+    """Mean-pooling weights per window: exactly the frames :func:`pool_frames` selects (centre
+    in the span, else the nearest), obtained by pooling an identity matrix with it."""
     centres = np.arange(n_frames) * stride + (receptive_field - 1) / 2.0
     eye = np.eye(n_frames)
-    return np.stack([pr.pool_frames(eye, centres, pool, "mean") for pool in pools])
+    return np.stack([pool_frames(eye, centres, pool, "mean") for pool in pools])
 
 
 def _copy_model(model):
@@ -169,7 +211,7 @@ def _predict(
 
 
 def finetune(
-    dataset: pr.LabelledDataset,
+    dataset: LabelledDataset,
     model,
     normalize: bool = False,
     label_fraction: float = 1.0,
@@ -184,10 +226,10 @@ def finetune(
     ----------
     dataset : LabelledDataset
         Labelled windows with train / valid / test splits (e.g. from
-        :func:`~meg2vec_fairseq.probe.load_manifest_labels`).
+        :func:`~meg2vec_fairseq.probing.windows.load_manifest_labels`).
     model : Meg2VecModel
-        Initial weights: ``probe.checkpoint_source(path).model`` or the model of
-        ``probe.build_random_model(config, seed)``; copied, never modified.
+        Initial weights: ``sources.checkpoint_source(path).model`` or the model of
+        ``sources.build_random_model(config, seed)``; copied, never modified.
     normalize : bool
         z-score each window per channel first (the model's pre-training task did).
     label_fraction : float
@@ -213,16 +255,29 @@ def finetune(
     ValueError
         For an option out of range (one line, naming it); ``ProbeError`` for a dataset
         without a split or with a single training class, or windows shorter than a frame.
+
+    Notes
+    -----
+    The counterpart of the linear probe that updates the encoder: the same labelled windows
+    (with their context and pooling span), the same frame-selection rule
+    (:func:`~meg2vec_fairseq.probing.pooling.pool_frames`), the same stratified training
+    subsets (:func:`~meg2vec_fairseq.probing.classifier.stratified_subset`) and metrics, so a
+    fine-tuning score and a probe score on one dataset compare directly.
+
+    Per run: a stratified ``label_fraction`` of the training windows (seeded); the model (a
+    checkpoint's or fresh weights, deep-copied so the caller's model is untouched) and a linear
+    head on the mean over time of the chosen layer's frames inside the span; AdamW (encoder
+    ``lr_encoder`` 3e-4, head ``lr_head`` 1e-3: the head starts from scratch and needs the larger
+    step), class-weighted cross-entropy, ``epochs`` passes; after each epoch the validation
+    macro-F1 is measured and the best epoch's weights are kept; the test split is scored once,
+    with those weights.
     """
     options = options or FinetuneOptions()
     check_fraction(label_fraction)
     options.check()
     dataset.check()
     layer = options.layer
-    if layer is not None and layer != CNN_LAYER and not (
-        isinstance(layer, int) and 0 <= layer < n_layers(model)
-    ):
-        raise ValueError(f"layer {layer!r} out of range (0..{n_layers(model) - 1}, or 'cnn')")
+    check_layer(layer, model)
     device = torch.device(device)
     n_classes = len(dataset.class_names)
     windows = windows if windows is not None else read_windows(dataset)
@@ -237,7 +292,7 @@ def finetune(
         inputs, weights = [], []
         for x, _y, pools, _order in windows[split].groups:
             if x.shape[-1] < receptive_field:
-                raise pr.ProbeError(
+                raise ProbeError(
                     f"{dataset.name}: a {split} window has {x.shape[-1]} samples, fewer than "
                     f"the {receptive_field} of one frame"
                 )
@@ -246,9 +301,9 @@ def finetune(
             weights.append(torch.from_numpy(w.astype(np.float32)).to(device))
         return inputs, weights
 
-    data = {split: tensors(split) for split in pr.SPLITS}
-    labels = {split: dataset.labels(split) for split in pr.SPLITS}
-    subset = pr.stratified_subset(labels["train"], label_fraction, seed)
+    data = {split: tensors(split) for split in SPLITS}
+    labels = {split: dataset.labels(split) for split in SPLITS}
+    subset = stratified_subset(labels["train"], label_fraction, seed)
     # (group, row) of each chosen training window, for batching within a length group
     position = {}
     for g, (_x, _y, _pools, order) in enumerate(windows["train"].groups):
@@ -287,7 +342,7 @@ def finetune(
             optimizer.step()
         predictions = _predict(classifier, windows["valid"], data["valid"][1],
                                data["valid"][0], options.batch_size)
-        score = pr.macro_f1(pr.confusion_matrix(labels["valid"], predictions, n_classes))
+        score = macro_f1(confusion_matrix(labels["valid"], predictions, n_classes))
         curve.append(score)
         if score > best[0]:  # keep the first best epoch's weights
             state = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
@@ -296,7 +351,7 @@ def finetune(
     classifier.load_state_dict(state)
     predictions = _predict(classifier, windows["test"], data["test"][1], data["test"][0],
                            options.batch_size)
-    matrix = pr.confusion_matrix(labels["test"], predictions, n_classes)
+    matrix = confusion_matrix(labels["test"], predictions, n_classes)
     return {
         "seed": seed,
         "label_fraction": float(label_fraction),
@@ -304,8 +359,8 @@ def finetune(
         "best_epoch": int(best_epoch),
         "valid_macro_f1": float(valid_score),
         "valid_curve": [float(v) for v in curve],
-        "macro_f1": pr.macro_f1(matrix),
-        "balanced_accuracy": pr.balanced_accuracy(matrix),
+        "macro_f1": macro_f1(matrix),
+        "balanced_accuracy": balanced_accuracy(matrix),
         "confusion": matrix.tolist(),
         "options": {**asdict(options), "device": str(device)},
     }
