@@ -17,6 +17,7 @@ from meg_fixtures import parse_fairseq_log, run_command
 from omegaconf import OmegaConf
 from test_model import SMALL, build_meg2vec
 
+from meg2vec_fairseq.models.band_power import BandPowerTargets
 from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel, conv_frame_geometry
 from meg2vec_fairseq.models.pretext import (
     amplitude_factors,
@@ -395,6 +396,50 @@ def test_sensor_masking_does_not_reach_the_random_projection_targets():
     torch.testing.assert_close(stashed["s"], source)
 
 
+# --------------------------------------------------------------------------- band power
+
+
+def test_band_power_targets_follow_each_sensors_power_in_each_band():
+    """A 10-Hz sine on sensor 0 and a 3-Hz one on sensor 1 of white noise: their bands are
+    the largest targets at their sensors; frames are the conv frames."""
+    rate, length = 250.0, 1500
+    t = torch.arange(length) / rate
+    noise = 0.1 * torch.randn(4, 3, length, generator=torch.Generator().manual_seed(0))
+    loud = torch.zeros(4, 1, 1)
+    loud[2:] = 1.0  # the second half of the batch carries the sines
+    source = noise.clone()
+    source[:, 0] += loud[:, 0] * torch.sin(2 * math.pi * 10 * t)
+    source[:, 1] += loud[:, 0] * torch.sin(2 * math.pi * 3 * t)
+    targets = BandPowerTargets(16, 3, [(1, 4), (8, 13)], rate, 250, 10, 5).targets(source)
+    assert targets.shape == (4, (length - 10) // 5 + 1, 3 * 2)
+    by_band = targets.view(4, -1, 3, 2)  # sensor-major
+    middle = slice(60, -60)  # away from the crop's edges
+    assert (by_band[2:, middle, 0, 1] > by_band[:2, middle, 0, 1] + 1).all()  # 10 Hz, sensor 0
+    assert (by_band[2:, middle, 1, 0] > by_band[:2, middle, 1, 0] + 1).all()  # 3 Hz, sensor 1
+    # the noise-only sensor does not tell the halves apart (targets are standardised per
+    # sensor and band over the batch, so its values still spread at unit scale)
+    assert (by_band[2:, middle, 2].mean() - by_band[:2, middle, 2].mean()).abs() < 0.5
+
+
+def test_band_power_loss_is_an_extra_loss_on_masked_frames_and_trains_the_head():
+    model = build_meg2vec(
+        in_channels=8, sample_rate=250, target_codebook_size=64,
+        target_band_power="[(1,4),(8,13)]", target_band_power_seconds=0.5,
+    ).train()
+    out = model(**batch()["net_input"])
+    extra = model.get_extra_losses(out)
+    assert len(extra) == 3 and extra[2] is out["band_power_loss"]
+    assert torch.isfinite(out["band_power_loss"]) and out["band_power_loss"] > 0
+    loss, _, logging = criterion([1.0, 10, 1.0])(model, batch())
+    assert logging["loss_2"] > 0
+    loss.backward()
+    assert model.band_power.head.weight.grad.abs().sum() > 0
+    assert model.feature_extractor.conv_layers[0][0].weight.grad.abs().sum() > 0
+    assert not model.encoder._forward_hooks
+    model.remove_pretraining_modules()
+    assert model.band_power is None and not any("band_power" in k for k in model.state_dict())
+
+
 # --------------------------------------------------------------------------- negatives
 
 
@@ -520,6 +565,10 @@ def test_wav2vec_criterion_under_bf16_autocast(options):
         ({"target_codebook_size": 8, "codebook_negatives": 2}, "codebook_negatives"),
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
         ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
+        ({"target_band_power": "[(1,4),(100,130)]"}, r"target_band_power band \(100, 130\)"),
+        ({"target_band_power": "1-4"}, "target_band_power='1-4'"),
+        ({"target_band_power": "[(1,4)]", "target_band_power_seconds": 0.0},
+         "target_band_power_seconds=0.0"),
     ],
 )
 def test_bad_options_are_one_line_errors_at_build(options, message):

@@ -24,7 +24,7 @@ from torch import nn
 PRETEXT_NAMES: Tuple[str, ...] = ("band_stop", "phase_shift", "amplitude_scale")
 
 
-def parse_bands(spec: str) -> List[Tuple[float, float]]:
+def parse_bands(spec: str, option: str = "pretext_band_stop") -> List[Tuple[float, float]]:
     """Parse a ``"[(low_hz, high_hz), ...]"`` string (``""`` = no band) into float pairs.
 
     Raises
@@ -39,7 +39,7 @@ def parse_bands(spec: str) -> List[Tuple[float, float]]:
         bands = [(float(low), float(high)) for low, high in value]
     except (ValueError, SyntaxError, TypeError) as err:
         raise ValueError(
-            f"pretext_band_stop={spec!r}: expected a list of (low_hz, high_hz) tuples, "
+            f"{option}={spec!r}: expected a list of (low_hz, high_hz) tuples, "
             f"e.g. '[(1,4),(4,8),(8,13),(13,30)]' ({err})"
         ) from None
     return bands
