@@ -540,6 +540,30 @@ def test_wav2vec_criterion_under_bf16_autocast(options):
     assert grad is not None and torch.isfinite(grad).all()
 
 
+SHIPPED = dict(extractor_mode="layer_norm", target_codebook_size=64, mask_sensors_prob=0.3)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [SHIPPED, ALL_ON, {**ALL_ON, "pretext_separate_view": True,
+                       "target_band_power": "[(1,4),(8,13)]"}],
+    ids=["shipped", "all_on", "all_on_separate_band_power"],
+)
+def test_model_in_bfloat16_trains(options):
+    """``common.bf16=true`` casts the model and the batch to bfloat16 (fairseq's trainer):
+    the frozen targets, transforms and heads follow the model's dtype."""
+    model = build_meg2vec(in_channels=8, mask_prob=0.3, **options).train().to(torch.bfloat16)
+    sample = batch()
+    sample["net_input"]["source"] = sample["net_input"]["source"].to(torch.bfloat16)
+    out = model(**sample["net_input"])
+    weights = [1.0] * len(model.get_extra_losses(out))
+    loss, _, logging = criterion(weights)(model, sample)
+    assert torch.isfinite(loss)
+    loss.backward()
+    grad = model.feature_extractor.conv_layers[0][0].weight.grad
+    assert grad is not None and torch.isfinite(grad.float()).all()
+
+
 # --------------------------------------------------------------------------- validation
 
 

@@ -114,5 +114,5 @@ class BandPowerTargets(nn.Module):
             fairseq cuts the features to a multiple of ``crop_seq_to_multiple``).
         """
         targets = targets[:, : encoded.size(1)]
-        predicted = self.head(encoded[mask_indices].float())
+        predicted = self.head(encoded[mask_indices]).float()  # the loss in float32
         return F.mse_loss(predicted, targets[mask_indices])

@@ -96,7 +96,8 @@ def phase_shift(source: torch.Tensor, phase: torch.Tensor, sensors: torch.Tensor
     length = source.size(-1)
     spectrum = torch.fft.rfft(source.float(), dim=-1)
     n_bins = spectrum.size(-1)
-    rotation = torch.polar(torch.ones_like(phase), phase.float())  # e^{i phi}, (B,)
+    phase = phase.float()  # a buffer of a model cast to bf16 (common.bf16) comes as bf16
+    rotation = torch.polar(torch.ones_like(phase), phase)  # e^{i phi}, (B,)
     factors = rotation.unsqueeze(-1).expand(-1, n_bins).clone()  # (B, F)
     factors[:, 0] = torch.cos(phase)
     if length % 2 == 0:  # a Nyquist bin exists

@@ -110,8 +110,11 @@ class RandomProjectionQuantizer(nn.Module):
             if self.crop_norm == "zscore":
                 x = x / std.clamp(min=1e-8)
             # One conv with the projection as kernel = projecting every unfolded window.
-            projected = F.conv1d(x, self.projection, stride=self.stride).transpose(1, 2)
-            similarity = F.normalize(projected, dim=-1) @ self.codebook.t()
+            # float32 buffers even in a model cast to bf16/fp16 (common.bf16): codes are computed
+            # in float32 whatever the model's dtype
+            projection = self.projection.float()
+            projected = F.conv1d(x, projection, stride=self.stride).transpose(1, 2)
+            similarity = F.normalize(projected, dim=-1) @ self.codebook.float().t()
             return similarity.argmax(dim=-1)
 
     def stash(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
@@ -166,7 +169,7 @@ class RandomProjectionQuantizer(nn.Module):
         probs = counts / counts.sum().clamp(min=1)
         perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-12))).sum())
         return {
-            "x": self.codebook[codes],  # float32; project_q follows autocast
+            "x": self.codebook[codes].to(x.dtype),  # the features' dtype, as project_q's
             "num_vars": self.num_vars,
             "code_perplexity": perplexity,
             "prob_perplexity": perplexity.detach(),
