@@ -17,6 +17,7 @@ from meg_fixtures import parse_fairseq_log, run_command
 from omegaconf import OmegaConf
 from test_model import SMALL, build_meg2vec
 
+from meg2vec_fairseq.models.band_power import BandPowerTargets
 from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel, conv_frame_geometry
 from meg2vec_fairseq.models.pretext import (
     amplitude_factors,
@@ -195,6 +196,36 @@ def test_pretext_runs_in_validation_and_the_encoder_hook_is_removed():
     assert not model.encoder._forward_hooks
 
 
+def test_separate_view_keeps_the_masked_prediction_input_untransformed():
+    """The pretext heads read a transformed copy; the wav2vec 2.0 forward sees ``source``."""
+    model = build_meg2vec(
+        in_channels=8, sample_rate=250, target_codebook_size=64,
+        pretext_band_stop="[(1,4),(8,13)]", pretext_phase_shift_classes=4,
+        pretext_separate_view=True,
+    ).train()
+    source = batch()["net_input"]["source"]
+    inputs, stashed = [], {}
+    model.feature_extractor.register_forward_hook(lambda _m, args, _o: inputs.append(args[0]))
+    original = model.quantizer.stash
+    model.quantizer.stash = lambda s, p=None: (stashed.setdefault("s", s), original(s, p))
+    out = model(source)
+    assert len(inputs) == 2  # the masked forward, then the unmasked pretext view
+    torch.testing.assert_close(inputs[0], source)
+    torch.testing.assert_close(stashed["s"], source)  # targets of the untransformed input
+    assert not torch.allclose(inputs[1], source)
+    assert not model.encoder._forward_hooks  # no capture hook in this mode
+    loss, _, logging = criterion([1.0, 10, 1.0, 1.0], ACCURACY_KEYS[:2])(model, batch())
+    assert np.isfinite(logging["pretext_band_stop_accuracy"])
+    loss.backward()
+    for name in ("band_stop", "phase_shift"):
+        assert model.pretext.heads[name].weight.grad.abs().sum() > 0, name
+    # the pretext gradient reaches the shared encoder through the view alone
+    model.zero_grad()
+    out = model(source)
+    (out["pretext_band_stop_loss"] + out["pretext_phase_shift_loss"]).backward()
+    assert model.feature_extractor.conv_layers[0][0].weight.grad.abs().sum() > 0
+
+
 def test_band_stop_head_learns_on_a_toy():
     """100 steps of a tiny model on white noise: far above chance (0.5), in a few seconds."""
     threads = torch.get_num_threads()
@@ -340,6 +371,21 @@ def test_padded_frames_are_never_targets():
     assert frame_padding[1].any() and not (seen["mask"] & frame_padding).any()
 
 
+def test_centred_targets_follow_sensor_power_and_zscored_ones_do_not():
+    """``crop_norm="center"``: scaling some sensors of a crop changes its codes; ``zscore``
+    (each sensor z-scored over the crop) gives the same codes whatever each sensor's power."""
+    source = batch(b=2, c=8, t=600)["net_input"]["source"]
+    louder = source.clone()
+    louder[:, :4] *= 3.0  # a sustained power change on half the sensors
+    for crop_norm, same in (("zscore", True), ("center", False)):
+        quantizer = RandomProjectionQuantizer(8, 10, 5, 64, 8, crop_norm=crop_norm)
+        equal = torch.equal(quantizer.codes(source), quantizer.codes(louder))
+        assert equal is same, crop_norm
+    centred = RandomProjectionQuantizer(8, 10, 5, 64, 8, crop_norm="center")
+    offset = source + 5.0  # a constant offset per sensor is still removed
+    assert torch.equal(centred.codes(source), centred.codes(offset))
+
+
 def test_sensor_masking_does_not_reach_the_random_projection_targets():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, mask_sensors_prob=0.5).train()
     source = batch()["net_input"]["source"]
@@ -348,6 +394,50 @@ def test_sensor_masking_does_not_reach_the_random_projection_targets():
     model.quantizer.stash = lambda s, p=None: (stashed.setdefault("s", s), original(s, p))
     model(source)
     torch.testing.assert_close(stashed["s"], source)
+
+
+# --------------------------------------------------------------------------- band power
+
+
+def test_band_power_targets_follow_each_sensors_power_in_each_band():
+    """A 10-Hz sine on sensor 0 and a 3-Hz one on sensor 1 of white noise: their bands are
+    the largest targets at their sensors; frames are the conv frames."""
+    rate, length = 250.0, 1500
+    t = torch.arange(length) / rate
+    noise = 0.1 * torch.randn(4, 3, length, generator=torch.Generator().manual_seed(0))
+    loud = torch.zeros(4, 1, 1)
+    loud[2:] = 1.0  # the second half of the batch carries the sines
+    source = noise.clone()
+    source[:, 0] += loud[:, 0] * torch.sin(2 * math.pi * 10 * t)
+    source[:, 1] += loud[:, 0] * torch.sin(2 * math.pi * 3 * t)
+    targets = BandPowerTargets(16, 3, [(1, 4), (8, 13)], rate, 250, 10, 5).targets(source)
+    assert targets.shape == (4, (length - 10) // 5 + 1, 3 * 2)
+    by_band = targets.view(4, -1, 3, 2)  # sensor-major
+    middle = slice(60, -60)  # away from the crop's edges
+    assert (by_band[2:, middle, 0, 1] > by_band[:2, middle, 0, 1] + 1).all()  # 10 Hz, sensor 0
+    assert (by_band[2:, middle, 1, 0] > by_band[:2, middle, 1, 0] + 1).all()  # 3 Hz, sensor 1
+    # the noise-only sensor does not tell the halves apart (targets are standardised per
+    # sensor and band over the batch, so its values still spread at unit scale)
+    assert (by_band[2:, middle, 2].mean() - by_band[:2, middle, 2].mean()).abs() < 0.5
+
+
+def test_band_power_loss_is_an_extra_loss_on_masked_frames_and_trains_the_head():
+    model = build_meg2vec(
+        in_channels=8, sample_rate=250, target_codebook_size=64,
+        target_band_power="[(1,4),(8,13)]", target_band_power_seconds=0.5,
+    ).train()
+    out = model(**batch()["net_input"])
+    extra = model.get_extra_losses(out)
+    assert len(extra) == 3 and extra[2] is out["band_power_loss"]
+    assert torch.isfinite(out["band_power_loss"]) and out["band_power_loss"] > 0
+    loss, _, logging = criterion([1.0, 10, 1.0])(model, batch())
+    assert logging["loss_2"] > 0
+    loss.backward()
+    assert model.band_power.head.weight.grad.abs().sum() > 0
+    assert model.feature_extractor.conv_layers[0][0].weight.grad.abs().sum() > 0
+    assert not model.encoder._forward_hooks
+    model.remove_pretraining_modules()
+    assert model.band_power is None and not any("band_power" in k for k in model.state_dict())
 
 
 # --------------------------------------------------------------------------- negatives
@@ -450,6 +540,30 @@ def test_wav2vec_criterion_under_bf16_autocast(options):
     assert grad is not None and torch.isfinite(grad).all()
 
 
+SHIPPED = dict(extractor_mode="layer_norm", target_codebook_size=64, mask_sensors_prob=0.3)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [SHIPPED, ALL_ON, {**ALL_ON, "pretext_separate_view": True,
+                       "target_band_power": "[(1,4),(8,13)]"}],
+    ids=["shipped", "all_on", "all_on_separate_band_power"],
+)
+def test_model_in_bfloat16_trains(options):
+    """``common.bf16=true`` casts the model and the batch to bfloat16 (fairseq's trainer):
+    the frozen targets, transforms and heads follow the model's dtype."""
+    model = build_meg2vec(in_channels=8, mask_prob=0.3, **options).train().to(torch.bfloat16)
+    sample = batch()
+    sample["net_input"]["source"] = sample["net_input"]["source"].to(torch.bfloat16)
+    out = model(**sample["net_input"])
+    weights = [1.0] * len(model.get_extra_losses(out))
+    loss, _, logging = criterion(weights)(model, sample)
+    assert torch.isfinite(loss)
+    loss.backward()
+    grad = model.feature_extractor.conv_layers[0][0].weight.grad
+    assert grad is not None and torch.isfinite(grad.float()).all()
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -474,6 +588,11 @@ def test_wav2vec_criterion_under_bf16_autocast(options):
         ({"target_codebook_size": 1}, "target_codebook_size=1"),
         ({"target_codebook_size": 8, "codebook_negatives": 2}, "codebook_negatives"),
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
+        ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
+        ({"target_band_power": "[(1,4),(100,130)]"}, r"target_band_power band \(100, 130\)"),
+        ({"target_band_power": "1-4"}, "target_band_power='1-4'"),
+        ({"target_band_power": "[(1,4)]", "target_band_power_seconds": 0.0},
+         "target_band_power_seconds=0.0"),
     ],
 )
 def test_bad_options_are_one_line_errors_at_build(options, message):

@@ -14,9 +14,12 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 
 * pretext heads after *The Brain's Bitter Lesson* (``pretext_band_stop``,
   ``pretext_phase_shift_classes``, ``pretext_amplitude_scale_classes``,
-  ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``; :mod:`.pretext`);
+  ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``, ``pretext_separate_view``;
+  :mod:`.pretext`);
 * frozen random-projection targets after BEST-RQ (``target_codebook_size``,
-  ``target_codebook_dim``; :mod:`.targets`);
+  ``target_codebook_dim``, ``target_crop_norm``; :mod:`.targets`);
+* masked prediction of each sensor's log band power (``target_band_power``,
+  ``target_band_power_seconds``; :mod:`.band_power`);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``).
 
@@ -29,8 +32,9 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
 
     [diversity (only when there is a quantizer: quantize_targets or target_codebook_size),
      features_pen,
-     pretext_band_stop_loss, pretext_phase_shift_loss, pretext_amplitude_scale_loss]
+     pretext_band_stop_loss, pretext_phase_shift_loss, pretext_amplitude_scale_loss,
      (only the enabled pretext families, in this order)
+     band_power_loss]  (only with target_band_power)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
 ``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
@@ -65,8 +69,9 @@ from omegaconf import II
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from .band_power import BandPowerTargets
 from .pretext import PretextTasks, parse_bands
-from .targets import RandomProjectionQuantizer
+from .targets import CROP_NORMS, RandomProjectionQuantizer
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
 # receptive field 60 samples (240 ms). See docs/pretraining.md (frame rate, crops and masks).
@@ -142,6 +147,15 @@ class Meg2VecConfig(Wav2Vec2Config):
             "transforms touch (a new random subset per sample; at least one sensor)"
         },
     )
+    pretext_separate_view: bool = field(
+        default=False,
+        metadata={
+            "help": "run the pretext transforms on a second copy of the batch that only the "
+            "pretext heads see (one extra unmasked encoder forward), so that the masked "
+            "prediction objective trains on the untransformed input; False = the transformed "
+            "input replaces the source of the whole pre-training forward"
+        },
+    )
     target_codebook_size: int = field(
         default=0,
         metadata={
@@ -157,6 +171,32 @@ class Meg2VecConfig(Wav2Vec2Config):
         default=16,
         metadata={
             "help": "dimension of the random projection and codebook of target_codebook_size"
+        },
+    )
+    target_crop_norm: str = field(
+        default="zscore",
+        metadata={
+            "help": "per-sensor normalisation of each crop before the random projection of "
+            "target_codebook_size: 'zscore' (the codes ignore each sensor's power in the crop) "
+            "or 'center' (mean removed only: segments are z-scored per recording by "
+            "make_manifest, so the codes also follow sustained changes of sensor power)"
+        },
+    )
+    target_band_power: str = field(
+        default="",
+        metadata={
+            "help": "spectral targets (LaBraM-style): a list of (low_hz, high_hz) bands, e.g. "
+            "'[(1,4),(4,8),(8,13),(13,30)]'; a linear head on the Transformer output of each "
+            "masked frame regresses the log power of every sensor in every band around that "
+            "frame (target_band_power_seconds), an extra loss after the pretext losses. Needs "
+            "0 <= low < high < sample_rate / 2. '' = off"
+        },
+    )
+    target_band_power_seconds: float = field(
+        default=1.0,
+        metadata={
+            "help": "length (s) of the moving average of the band power around each frame "
+            "for target_band_power (long enough to define the lowest band's power)"
         },
     )
     negatives_max_distance: int = field(
@@ -261,6 +301,20 @@ class Meg2VecModel(Wav2Vec2Model):
                 amplitude_max=cfg.pretext_amplitude_scale_max,
                 sensor_fraction=cfg.pretext_sensor_fraction,
             )
+        self.band_power: Optional[BandPowerTargets] = None
+        power_bands = parse_bands(getattr(cfg, "target_band_power", ""), "target_band_power")
+        if power_bands:
+            receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
+            rate = _config_sample_rate(cfg)
+            self.band_power = BandPowerTargets(
+                embed_dim=cfg.encoder_embed_dim,
+                in_channels=cfg.in_channels,
+                bands=power_bands,
+                sample_rate=rate,
+                window=max(1, int(round(cfg.target_band_power_seconds * rate))),
+                receptive_field=receptive_field,
+                stride=stride,
+            )
         if cfg.target_codebook_size > 0:
             receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
             self.quantizer = RandomProjectionQuantizer(
@@ -269,6 +323,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 stride=stride,
                 codebook_size=cfg.target_codebook_size,
                 codebook_dim=cfg.target_codebook_dim,
+                crop_norm=getattr(cfg, "target_crop_norm", "zscore"),
             )
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
             self.project_q = nn.Linear(cfg.target_codebook_dim, final_dim)  # trainable
@@ -305,11 +360,13 @@ class Meg2VecModel(Wav2Vec2Model):
         """fairseq's forward, with the enabled objectives around it.
 
         In a pre-training forward (``mask`` and not ``features_only``), in this order: the
-        pretext transforms replace ``source`` (training and validation); the
-        random-projection targets are computed from it; in training mode, sensors are
-        zeroed (``mask_sensors_prob``); then :meth:`Wav2Vec2Model.forward` runs, its
-        encoder output captured by a forward hook for the pretext heads. Other calls
-        (feature extraction) are fairseq's forward unchanged.
+        pretext transforms replace ``source`` (training and validation), or with
+        ``pretext_separate_view`` make a second view; the random-projection targets are
+        computed from ``source``; in training mode, sensors are zeroed
+        (``mask_sensors_prob``); then :meth:`Wav2Vec2Model.forward` runs, its encoder output
+        captured by a forward hook for the pretext heads, or the pretext heads read an
+        unmasked ``features_only`` forward of the separate view. Other calls (feature
+        extraction) are fairseq's forward unchanged.
         """
         try:
             if not (mask and not features_only and self._objectives_on()):
@@ -317,15 +374,23 @@ class Meg2VecModel(Wav2Vec2Model):
                     source, padding_mask, mask=mask, features_only=features_only, **kwargs
                 )
             labels: Dict[str, torch.Tensor] = {}
+            view: Optional[torch.Tensor] = None
             if self.pretext is not None:
-                source, labels = self.pretext.transform(source, padding_mask)
+                transformed, labels = self.pretext.transform(source, padding_mask)
+                if self.cfg.pretext_separate_view:
+                    view = transformed
+                else:
+                    source = transformed
             if isinstance(self.quantizer, RandomProjectionQuantizer):
                 self.quantizer.stash(source, padding_mask)  # before sensor masking: full input
+            power_targets = None
+            if self.band_power is not None:
+                power_targets = self.band_power.targets(source, padding_mask)  # full input too
             if self.training and self.cfg.mask_sensors_prob > 0:
                 source = mask_sensors(source, self.cfg.mask_sensors_prob)
             captured: List[torch.Tensor] = []
             handle = None
-            if labels:
+            if (labels and view is None) or power_targets is not None:
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
                 )
@@ -336,8 +401,15 @@ class Meg2VecModel(Wav2Vec2Model):
             finally:
                 if handle is not None:
                     handle.remove()
-            if labels:
+            if view is not None:  # the heads read the transformed view, never masked
+                encoded = super().forward(view, padding_mask, mask=False, features_only=True)
+                result.update(self.pretext(encoded["x"], encoded["padding_mask"], labels))
+            elif labels:
                 result.update(self.pretext(captured[-1], result["padding_mask"], labels))
+            if power_targets is not None:
+                result["band_power_loss"] = self.band_power.loss(
+                    captured[-1], self._mask_indices, power_targets
+                )
             return result
         finally:
             self._mask_indices = None
@@ -351,6 +423,7 @@ class Meg2VecModel(Wav2Vec2Model):
             or isinstance(self.quantizer, RandomProjectionQuantizer)
             or cfg.negatives_max_distance > 0
             or cfg.mask_sensors_prob > 0
+            or self.band_power is not None
         )
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
@@ -416,7 +489,8 @@ class Meg2VecModel(Wav2Vec2Model):
         return torch.arange(tsz, device=device).expand(bsz, tsz)
 
     def get_extra_losses(self, net_output) -> List[Optional[torch.Tensor]]:
-        """fairseq's ``[diversity, features_pen]``, then one loss per enabled pretext family.
+        """fairseq's ``[diversity, features_pen]``, one loss per enabled pretext family, then
+        the band-power loss when ``target_band_power`` is on.
 
         Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
         phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
@@ -425,12 +499,15 @@ class Meg2VecModel(Wav2Vec2Model):
         losses = super().get_extra_losses(net_output)
         if self.pretext is not None:
             losses.extend(net_output.get(f"pretext_{name}_loss") for name in self.pretext.names)
+        if self.band_power is not None:
+            losses.append(net_output.get("band_power_loss"))
         return losses
 
     def remove_pretraining_modules(self, last_layer=None) -> None:
         """fairseq's removal of the pre-training modules, plus the pretext heads."""
         super().remove_pretraining_modules(last_layer=last_layer)
         self.pretext = None
+        self.band_power = None
 
 
 def pretext_enabled(cfg: Meg2VecConfig) -> bool:
@@ -486,6 +563,20 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"target_codebook_size={cfg.target_codebook_size}: must be 0 (off) or >= 2")
     if cfg.target_codebook_dim < 1:
         fail(f"target_codebook_dim={cfg.target_codebook_dim}: must be >= 1")
+    power_bands = parse_bands(getattr(cfg, "target_band_power", ""), "target_band_power")
+    if power_bands:
+        rate = _config_sample_rate(cfg)
+        for low, high in power_bands:
+            if not 0 <= low < high < rate / 2:
+                fail(
+                    f"target_band_power band ({low:g}, {high:g}): needs 0 <= low < high < "
+                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
+                )
+        if not cfg.target_band_power_seconds > 0:
+            fail(f"target_band_power_seconds={cfg.target_band_power_seconds}: must be > 0")
+    crop_norm = getattr(cfg, "target_crop_norm", "zscore")
+    if crop_norm not in CROP_NORMS:
+        fail(f"target_crop_norm={crop_norm!r}: must be one of {', '.join(CROP_NORMS)}")
     if cfg.target_codebook_size > 0:
         for name in ("negatives_from_everywhere", "codebook_negatives", "quantize_input"):
             if getattr(cfg, name):

@@ -24,7 +24,7 @@ from torch import nn
 PRETEXT_NAMES: Tuple[str, ...] = ("band_stop", "phase_shift", "amplitude_scale")
 
 
-def parse_bands(spec: str) -> List[Tuple[float, float]]:
+def parse_bands(spec: str, option: str = "pretext_band_stop") -> List[Tuple[float, float]]:
     """Parse a ``"[(low_hz, high_hz), ...]"`` string (``""`` = no band) into float pairs.
 
     Raises
@@ -39,7 +39,7 @@ def parse_bands(spec: str) -> List[Tuple[float, float]]:
         bands = [(float(low), float(high)) for low, high in value]
     except (ValueError, SyntaxError, TypeError) as err:
         raise ValueError(
-            f"pretext_band_stop={spec!r}: expected a list of (low_hz, high_hz) tuples, "
+            f"{option}={spec!r}: expected a list of (low_hz, high_hz) tuples, "
             f"e.g. '[(1,4),(4,8),(8,13),(13,30)]' ({err})"
         ) from None
     return bands
@@ -96,7 +96,8 @@ def phase_shift(source: torch.Tensor, phase: torch.Tensor, sensors: torch.Tensor
     length = source.size(-1)
     spectrum = torch.fft.rfft(source.float(), dim=-1)
     n_bins = spectrum.size(-1)
-    rotation = torch.polar(torch.ones_like(phase), phase.float())  # e^{i phi}, (B,)
+    phase = phase.float()  # a buffer of a model cast to bf16 (common.bf16) comes as bf16
+    rotation = torch.polar(torch.ones_like(phase), phase)  # e^{i phi}, (B,)
     factors = rotation.unsqueeze(-1).expand(-1, n_bins).clone()  # (B, F)
     factors[:, 0] = torch.cos(phase)
     if length % 2 == 0:  # a Nyquist bin exists

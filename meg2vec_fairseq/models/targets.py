@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Per-sensor normalisations of a crop before the random projection.
+CROP_NORMS = ("zscore", "center")
+
 
 class RandomProjectionQuantizer(nn.Module):
     """Frozen random projection of input patches, matched to a frozen random codebook.
@@ -24,8 +27,12 @@ class RandomProjectionQuantizer(nn.Module):
     ``source.unfold(-1, receptive_field, stride)``) is projected to ``codebook_dim`` by a
     fixed random matrix, l2-normalised and replaced by the index of the nearest (cosine)
     entry of a fixed random l2-normalised codebook. Before projection each sensor is
-    z-scored over the non-padded samples of its crop, so that codes follow the shape and
-    relative amplitude of the signal within a crop and not the recording's gain.
+    z-scored over the non-padded samples of its crop (``crop_norm="zscore"``), so that
+    codes follow the shape and relative amplitude of the signal within a crop and not the
+    recording's gain; or only centred (``crop_norm="center"``), so that codes also follow
+    each sensor's power in the crop relative to its recording (segments are z-scored per
+    recording by ``make_manifest``): a sustained change of sensor power then changes the
+    codes, whereas per-crop z-scoring erases it.
 
     Projection and codebook are buffers (never trained, saved in checkpoints) drawn from a
     ``torch.Generator`` seeded with ``seed``, hence identical for every model built with
@@ -49,6 +56,8 @@ class RandomProjectionQuantizer(nn.Module):
         Dimension of the projection and of the code vectors returned.
     seed : int
         Seed of the projection and codebook.
+    crop_norm : {"zscore", "center"}
+        Per-sensor normalisation of each crop before projection (see above).
     """
 
     def __init__(
@@ -59,8 +68,12 @@ class RandomProjectionQuantizer(nn.Module):
         codebook_size: int,
         codebook_dim: int,
         seed: int = 0,
+        crop_norm: str = "zscore",
     ) -> None:
         super().__init__()
+        if crop_norm not in CROP_NORMS:
+            raise ValueError(f"crop_norm={crop_norm!r}: expected one of {CROP_NORMS}")
+        self.crop_norm = crop_norm
         self.receptive_field = receptive_field
         self.stride = stride
         self.num_vars = codebook_size  # fairseq's name: the diversity term reads it
@@ -93,10 +106,15 @@ class RandomProjectionQuantizer(nn.Module):
                 mean = (x * keep).sum(dim=-1, keepdim=True) / count
                 std = (((x - mean) * keep).pow(2).sum(dim=-1, keepdim=True) / (count - 1)).sqrt()
                 x = x * keep
-            x = (x - mean) / std.clamp(min=1e-8)
+            x = x - mean
+            if self.crop_norm == "zscore":
+                x = x / std.clamp(min=1e-8)
             # One conv with the projection as kernel = projecting every unfolded window.
-            projected = F.conv1d(x, self.projection, stride=self.stride).transpose(1, 2)
-            similarity = F.normalize(projected, dim=-1) @ self.codebook.t()
+            # float32 buffers even in a model cast to bf16/fp16 (common.bf16): codes are computed
+            # in float32 whatever the model's dtype
+            projection = self.projection.float()
+            projected = F.conv1d(x, projection, stride=self.stride).transpose(1, 2)
+            similarity = F.normalize(projected, dim=-1) @ self.codebook.float().t()
             return similarity.argmax(dim=-1)
 
     def stash(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
@@ -151,7 +169,7 @@ class RandomProjectionQuantizer(nn.Module):
         probs = counts / counts.sum().clamp(min=1)
         perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-12))).sum())
         return {
-            "x": self.codebook[codes],  # float32; project_q follows autocast
+            "x": self.codebook[codes].to(x.dtype),  # the features' dtype, as project_q's
             "num_vars": self.num_vars,
             "code_perplexity": perplexity,
             "prob_perplexity": perplexity.detach(),

@@ -1,0 +1,118 @@
+"""Masked prediction of each sensor's band power around a frame (spectral targets).
+
+Notes
+-----
+LaBraM and Neuro-BERT pre-train EEG encoders to predict the Fourier amplitude of masked
+patches. Here, for every conv frame, the target is the log power of each sensor in each
+configured band, averaged over a window (``window`` samples, typically about a second, so
+that delta/theta power is defined) centred on the frame; a linear head on the Transformer
+output of the *masked* frames regresses it (mean squared error). A sustained state that
+changes band power in a topography (listening vs silence, alpha desynchronisation) is
+predictable from the unmasked context, so the encoder is rewarded for carrying it; the
+frozen random-projection targets (:mod:`.targets`) reward transients instead.
+
+Band signals are made with the real FFT of the whole crop (exact, no filter ringing), squared,
+smoothed with a moving average and sampled at the frame centres. Targets are standardised per
+(sensor, band) with the batch's own statistics (no gradient), which keeps the differences
+between the crops of a batch.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BandPowerTargets(nn.Module):
+    """Per-sensor log band power targets and the linear head that predicts them.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Dimension of the encoder output the head reads.
+    in_channels : int
+        Number of sensors.
+    bands : sequence of (float, float)
+        ``(low_hz, high_hz)`` bands; bins with ``low <= f <= high`` are kept.
+    sample_rate : float
+        Sampling rate of the input (Hz).
+    window : int
+        Length (samples) of the moving average of the band power around each frame.
+    receptive_field, stride : int
+        Input window and hop of one frame of the conv encoder (samples): frame ``k`` is
+        centred on sample ``k * stride + (receptive_field - 1) / 2``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        in_channels: int,
+        bands: Sequence[Tuple[float, float]],
+        sample_rate: float,
+        window: int,
+        receptive_field: int,
+        stride: int,
+    ) -> None:
+        super().__init__()
+        self.bands = [(float(low), float(high)) for low, high in bands]
+        self.sample_rate = float(sample_rate)
+        self.window = int(window)
+        self.receptive_field = receptive_field
+        self.stride = stride
+        self.head = nn.Linear(embed_dim, in_channels * len(self.bands))
+
+    @torch.no_grad()
+    def targets(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Standardised log band power: ``(B, C, T)`` -> ``(B, frames, C * n_bands)``.
+
+        ``frames = (T - receptive_field) // stride + 1``, the conv encoder's frame count;
+        features are ordered sensor-major (sensor 0's bands first).
+        """
+        with torch.autocast(device_type=source.device.type, enabled=False):
+            x = source.float()
+            if padding_mask is not None:
+                x = x * (~padding_mask).unsqueeze(1)
+            length = x.size(-1)
+            spectrum = torch.fft.rfft(x, dim=-1)
+            freqs = torch.fft.rfftfreq(length, d=1.0 / self.sample_rate).to(x.device)
+            n_frames = (length - self.receptive_field) // self.stride + 1
+            centres = (
+                torch.arange(n_frames, device=x.device) * self.stride
+                + (self.receptive_field - 1) // 2
+            )
+            powers = []
+            for low, high in self.bands:
+                keep = ((freqs >= low) & (freqs <= high)).to(spectrum.dtype)
+                band = torch.fft.irfft(spectrum * keep, n=length, dim=-1)
+                power = F.avg_pool1d(
+                    band.pow(2), self.window, stride=1, padding=self.window // 2,
+                    count_include_pad=False,
+                )[..., :length]
+                powers.append(power[..., centres])  # (B, C, frames)
+            log_power = torch.stack(powers, dim=2).clamp_min(1e-10).log()  # (B, C, bands, F)
+            features = log_power.flatten(1, 2).transpose(1, 2)  # (B, frames, C * bands)
+            mean = features.mean(dim=(0, 1), keepdim=True)
+            std = features.std(dim=(0, 1), keepdim=True).clamp_min(1e-4)
+            return (features - mean) / std
+
+    def loss(
+        self, encoded: torch.Tensor, mask_indices: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared error of the head on the masked frames.
+
+        Parameters
+        ----------
+        encoded : torch.Tensor
+            ``(B, T', D)`` encoder output.
+        mask_indices : torch.Tensor
+            ``(B, T')`` boolean, True at masked frames.
+        targets : torch.Tensor
+            ``(B, frames >= T', C * n_bands)`` from :meth:`targets` (cut to ``T'`` here, as
+            fairseq cuts the features to a multiple of ``crop_seq_to_multiple``).
+        """
+        targets = targets[:, : encoded.size(1)]
+        predicted = self.head(encoded[mask_indices]).float()  # the loss in float32
+        return F.mse_loss(predicted, targets[mask_indices])
