@@ -614,7 +614,12 @@ def test_a_pretext_option_refuses_a_task_at_another_sample_rate():
         Meg2VecModel.build_model(cfg, TaskStub(250))
     assert "\n" not in str(err.value)
     assert isinstance(Meg2VecModel.build_model(cfg, TaskStub(500)), Meg2VecModel)
-    # without pretext options the rate is not read (e.g. features at another rate)
+    bands = OmegaConf.structured(
+        Meg2VecConfig(in_channels=8, sample_rate=500, target_band_power="[(1,4)]", **SMALL)
+    )
+    with pytest.raises(ValueError, match=r"model.sample_rate=500 but task.sample_rate=250"):
+        Meg2VecModel.build_model(bands, TaskStub(250))
+    # without options in Hz the rate is not read (e.g. features at another rate)
     plain = OmegaConf.structured(Meg2VecConfig(in_channels=8, sample_rate=500, **SMALL))
     assert isinstance(Meg2VecModel.build_model(plain, TaskStub(250)), Meg2VecModel)
 

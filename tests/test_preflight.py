@@ -47,6 +47,18 @@ def test_launchers_that_set_the_world_size_themselves_are_not_refused():
     assert config_problems(cfg(world_size=16), n_gpus=8, environ=slurm) != []
 
 
+def train_one_update(tmp_path, *overrides):
+    """The card's training command, 1 update on a 2-segment manifest, with ``overrides``."""
+    data = tmp_path / "data"
+    write_manifest(data, random_segments(2, samples=600))
+    write_manifest(data, random_segments(1, samples=600, seed=1), split="valid")
+    return run_command([
+        "fairseq-hydra-train", "--config-dir", "config/pretraining", "--config-name",
+        "meg2vec_tiny", "common.user_dir=meg2vec_fairseq", f"task.data={data}",
+        f"checkpoint.save_dir={tmp_path / 'ck'}", "optimization.max_update=1", *overrides,
+    ], timeout=300)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 @pytest.mark.parametrize("override, option", [
     ("common.fp16=true", "common.fp16=true"),
@@ -55,14 +67,7 @@ def test_launchers_that_set_the_world_size_themselves_are_not_refused():
 ])
 def test_card_command_ends_with_one_error_line(tmp_path, override, option):
     """The card's command on CPU: exit 2 and one line, before any data is read or written."""
-    data = tmp_path / "data"
-    write_manifest(data, random_segments(2, samples=600))
-    write_manifest(data, random_segments(1, samples=600, seed=1), split="valid")
-    result = run_command([
-        "fairseq-hydra-train", "--config-dir", "config/pretraining", "--config-name",
-        "meg2vec_tiny", "common.user_dir=meg2vec_fairseq", f"task.data={data}",
-        f"checkpoint.save_dir={tmp_path / 'ck'}", "optimization.max_update=1", override,
-    ], timeout=300)
+    result = train_one_update(tmp_path, override)
     assert result.returncode == 2, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and option in errors[0], result.stderr
@@ -73,14 +78,7 @@ def test_card_command_ends_with_one_error_line(tmp_path, override, option):
 def test_card_command_trains_with_the_callback_registered(tmp_path):
     """The callback imports the package before fairseq's user-dir import: fairseq must still
     register the task and the model (it skips a user dir that is already imported)."""
-    data = tmp_path / "data"
-    write_manifest(data, random_segments(2, samples=600))
-    write_manifest(data, random_segments(1, samples=600, seed=1), split="valid")
-    result = run_command([
-        "fairseq-hydra-train", "--config-dir", "config/pretraining", "--config-name",
-        "meg2vec_tiny", "common.user_dir=meg2vec_fairseq", f"task.data={data}",
-        f"checkpoint.save_dir={tmp_path / 'ck'}", "optimization.max_update=1",
-        "task.max_sample_size=null", "task.min_sample_size=0", "dataset.num_workers=0",
-    ], timeout=300)
+    result = train_one_update(tmp_path, "task.max_sample_size=null", "task.min_sample_size=0",
+                              "dataset.num_workers=0")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "ck" / "checkpoint_last.pt").is_file()

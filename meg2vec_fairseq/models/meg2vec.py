@@ -335,17 +335,20 @@ class Meg2VecModel(Wav2Vec2Model):
         Raises
         ------
         ValueError
-            On an invalid objective option, or when a pretext option is on and the task's
-            ``sample_rate`` differs from the model's (a checkpoint trained at another rate).
+            On an invalid objective option, or when a pretext or band-power option is on and
+            the task's ``sample_rate`` differs from the model's (a checkpoint trained at
+            another rate).
         """
         task_cfg = getattr(task, "cfg", None)
         task_rate = getattr(task_cfg, "sample_rate", None)
-        if pretext_enabled(cfg) and task_rate is not None:
+        in_hz = pretext_enabled(cfg) or bool(getattr(cfg, "target_band_power", ""))
+        if in_hz and task_rate is not None:
             model_rate = _config_sample_rate(cfg)
             if float(task_rate) != model_rate:
                 raise ValueError(
                     f"model.sample_rate={model_rate:g} but task.sample_rate={float(task_rate):g}: "
-                    "the pretext options (bands in Hz) were set for another sampling rate"
+                    "the pretext / band-power options (bands in Hz) were set for another "
+                    "sampling rate"
                 )
         return cls(cfg)
 
