@@ -117,7 +117,9 @@ def data_args(args) -> List[str]:
     out = ["--data-dir", args.data_dir, "--pretrain-recordings", str(args.pretrain_recordings),
            "--probe-recordings", str(args.probe_recordings), "--seconds", str(args.seconds),
            "--event-snr", str(args.event_snr), "--rhythm-bandwidth", str(args.rhythm_bandwidth),
-           "--generator-seed", str(args.generator_seed), "--tasks", *args.tasks,
+           "--generator-seed", str(args.generator_seed),
+           "--state-alpha-suppression", str(args.state_alpha_suppression),
+           "--state-response", str(args.state_response), "--tasks", *args.tasks,
            "--layers", *args.layers, "--seeds", *map(str, args.seeds),
            "--finetune-fractions", *map(str, args.finetune_fractions),
            "--finetune-epochs", str(args.finetune_epochs), "--device", args.device,
@@ -247,6 +249,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0)
     parser.add_argument("--generator-seed", type=int,
                         default=ps.SyntheticMEGConfig.layout_seed)
+    parser.add_argument("--state-alpha-suppression", type=float,
+                        default=ps.SyntheticMEGConfig.state_alpha_suppression)
+    parser.add_argument("--state-response", type=float,
+                        default=ps.SyntheticMEGConfig.state_response)
     parser.add_argument("--tasks", nargs="+", choices=ps.TASKS, default=list(ps.TASKS))
     parser.add_argument("--layers", nargs="+", default=["last"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],

@@ -78,7 +78,9 @@ PROBE_SEGMENT_SECONDS = 10.0  # probe segments: long enough for full context aro
 def generator_config(args) -> SyntheticMEGConfig:
     """The generator settings of a run (states on: the ``state`` task needs them)."""
     return SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,
-                              layout_seed=args.generator_seed, states=True)
+                              layout_seed=args.generator_seed, states=True,
+                              state_alpha_suppression=args.state_alpha_suppression,
+                              state_response=args.state_response)
 
 
 def data_key(args) -> Dict[str, object]:
@@ -489,6 +491,14 @@ def main(argv=None) -> int:
                         "frame)")
     parser.add_argument("--generator-seed", type=int, default=SyntheticMEGConfig.layout_seed,
                         help="layout seed: sensor positions and topographies (default 1234)")
+    parser.add_argument("--state-alpha-suppression", type=float,
+                        default=SyntheticMEGConfig.state_alpha_suppression,
+                        help="state task: fraction by which the alpha rhythm's amplitude drops "
+                        "in 'on' blocks (default %(default)s)")
+    parser.add_argument("--state-response", type=float,
+                        default=SyntheticMEGConfig.state_response,
+                        help="state task: amplitude of the 1-8 Hz auditory response in 'on' "
+                        "blocks (default %(default)s)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--window", type=float, default=0.5,
                         help="event task: span from the event onset (s)")

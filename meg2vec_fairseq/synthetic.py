@@ -157,6 +157,12 @@ def _state_signals(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(on, response, broadband)``: the smooth 0..1 "on" indicator and the two unit-variance
     source time courses (band-limited, white) that the auditory pattern carries when on."""
+    if not 0.0 <= config.state_alpha_suppression <= 1.0:
+        raise ValueError(f"state_alpha_suppression={config.state_alpha_suppression} must be in "
+                         "[0, 1] (a fraction of the alpha amplitude)")
+    for name in ("state_response", "state_broadband"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}={getattr(config, name)} must be >= 0")
     seconds = n_samples / config.sfreq
     on = np.zeros(n_samples)
     for start, stop, state in state_blocks(seconds, seed, config):

@@ -166,3 +166,13 @@ def test_dataset_writes_states_tsv_only_when_states_are_on(tmp_path):
         spans = [(float(a), float(b)) for s, a, b, _ in parsed if s == segment]
         assert spans[0][0] == 0.0 and spans[-1][1] == 5.0
         assert all(x[1] == y[0] for x, y in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("field, value", [("state_alpha_suppression", 1.5),
+                                          ("state_alpha_suppression", -0.1),
+                                          ("state_response", -0.05),
+                                          ("state_broadband", -1.0)])
+def test_impossible_state_settings_name_the_field(field, value):
+    config = SyntheticMEGConfig(states=True, **{field: value})
+    with pytest.raises(ValueError, match=f"{field}={value}"):
+        generate_recording(10.0, 0, config)
