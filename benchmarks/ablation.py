@@ -243,7 +243,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--data-dir", default=None, help="default OUT/data")
     parser.add_argument("--pretrain-recordings", type=int, default=24)
-    parser.add_argument("--probe-recordings", type=int, default=15)
+    parser.add_argument("--probe-recordings", type=int, default=45,
+                        help="held-out recordings for the probes, split 60/20/20 (default 45; "
+                        "with 15 the state scores were recording-specific, "
+                        "docs/pretraining_research.md)")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--event-snr", type=float, default=ps.SyntheticMEGConfig.event_snr)
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0)

@@ -482,7 +482,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-seeds", type=int, nargs="+", default=[1],
                         help="one pre-training run per seed (common.seed; default 1)")
     parser.add_argument("--pretrain-recordings", type=int, default=24)
-    parser.add_argument("--probe-recordings", type=int, default=15)
+    parser.add_argument("--probe-recordings", type=int, default=45,
+                        help="held-out recordings for the probes, split 60/20/20 (default 45; "
+                        "with 15 the state scores were recording-specific, "
+                        "docs/pretraining_research.md)")
     parser.add_argument("--seconds", type=float, default=40.0, help="per recording")
     parser.add_argument("--event-snr", type=float, default=SyntheticMEGConfig.event_snr)
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0,

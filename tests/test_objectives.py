@@ -386,6 +386,42 @@ def test_centred_targets_follow_sensor_power_and_zscored_ones_do_not():
     assert torch.equal(centred.codes(source), centred.codes(offset))
 
 
+def test_spatial_whitening_evens_out_strong_components_and_keeps_weak_ones_small():
+    """Shrinkage 1: two strong components of very different power end with similar power;
+    a direction with almost no power is not blown up to that level."""
+    from meg2vec_fairseq.models.targets import spatial_whitening
+
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(20, 20, generator=generator))
+    powers = torch.tensor([100.0, 10.0] + [1.0] * 17 + [1e-4])  # mean eigenvalue ~6.4
+    sources = torch.randn(4, 20, 2000, generator=generator) * powers.sqrt()[None, :, None]
+    x = torch.einsum("cs,bst->bct", basis, sources)
+    x = x - x.mean(dim=-1, keepdim=True)
+    whitened = spatial_whitening(x, 1.0) @ x
+    component_power = torch.einsum("cs,bct->bst", basis, whitened).pow(2).mean(dim=(0, 2))
+    assert component_power[0] / component_power[1] < 2  # 100 : 10 before
+    assert component_power[19] < 0.01 * component_power[2]  # the silent direction stays small
+    padding = torch.zeros(4, 2000, dtype=torch.bool)
+    padding[1, 1500:] = True
+    padded = x.clone()
+    padded[1, :, 1500:] = 7.0  # padded samples must not enter the covariance
+    unpadded = torch.cat([x[0], x[1, :, :1500], x[2], x[3]], dim=-1)[None]
+    torch.testing.assert_close(spatial_whitening(padded, 1.0, padding),
+                               spatial_whitening(unpadded, 1.0), rtol=1e-3, atol=1e-4)
+
+
+def test_whitened_targets_change_the_codes_and_train():
+    source = batch(b=2, c=8, t=600)["net_input"]["source"]
+    plain = RandomProjectionQuantizer(8, 10, 5, 64, 8)
+    whitened = RandomProjectionQuantizer(8, 10, 5, 64, 8, whiten=1.0)
+    assert not torch.equal(plain.codes(source), whitened.codes(source))
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, target_whiten=1.0).train()
+    loss, sample_size, _ = criterion([1.0, 10])(model, batch(b=2, c=8, t=600))
+    assert torch.isfinite(loss) and sample_size > 0
+    loss.backward()
+    assert model.project_q.weight.grad.abs().sum() > 0
+
+
 def test_sensor_masking_does_not_reach_the_random_projection_targets():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, mask_sensors_prob=0.5).train()
     source = batch()["net_input"]["source"]
@@ -589,6 +625,8 @@ def test_model_in_bfloat16_trains(options):
         ({"target_codebook_size": 8, "codebook_negatives": 2}, "codebook_negatives"),
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
         ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
+        ({"target_whiten": -1.0, "target_codebook_size": 8}, r"target_whiten=-1\.0"),
+        ({"target_whiten": 1.0}, r"target_whiten=1\.0 needs the random-projection targets"),
         ({"target_band_power": "[(1,4),(100,130)]"}, r"target_band_power band \(100, 130\)"),
         ({"target_band_power": "1-4"}, "target_band_power='1-4'"),
         ({"target_band_power": "[(1,4)]", "target_band_power_seconds": 0.0},

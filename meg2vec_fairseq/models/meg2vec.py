@@ -17,7 +17,7 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``, ``pretext_separate_view``;
   :mod:`.pretext`);
 * frozen random-projection targets after BEST-RQ (``target_codebook_size``,
-  ``target_codebook_dim``, ``target_crop_norm``; :mod:`.targets`);
+  ``target_codebook_dim``, ``target_crop_norm``, ``target_whiten``; :mod:`.targets`);
 * masked prediction of each sensor's log band power (``target_band_power``,
   ``target_band_power_seconds``; :mod:`.band_power`);
 * negatives near the positive in time (``negatives_max_distance``);
@@ -182,6 +182,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "make_manifest, so the codes also follow sustained changes of sensor power)"
         },
     )
+    target_whiten: float = field(
+        default=0.0,
+        metadata={
+            "help": "if > 0, spatially whiten the sensors (after target_crop_norm) with the "
+            "batch's sensor covariance before the random projection of target_codebook_size, "
+            "adding this multiple of the mean eigenvalue to every eigenvalue (shrinkage; 1.0 "
+            "evens out the strong components without raising the noise floor), so that the "
+            "codes do not only follow the few strongest spatial components. 0 = off"
+        },
+    )
     target_band_power: str = field(
         default="",
         metadata={
@@ -324,6 +334,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 codebook_size=cfg.target_codebook_size,
                 codebook_dim=cfg.target_codebook_dim,
                 crop_norm=getattr(cfg, "target_crop_norm", "zscore"),
+                whiten=getattr(cfg, "target_whiten", 0.0),
             )
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
             self.project_q = nn.Linear(cfg.target_codebook_dim, final_dim)  # trainable
@@ -580,6 +591,12 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     crop_norm = getattr(cfg, "target_crop_norm", "zscore")
     if crop_norm not in CROP_NORMS:
         fail(f"target_crop_norm={crop_norm!r}: must be one of {', '.join(CROP_NORMS)}")
+    whiten = getattr(cfg, "target_whiten", 0.0)
+    if not whiten >= 0:
+        fail(f"target_whiten={whiten}: must be >= 0 (0 = off)")
+    if whiten > 0 and cfg.target_codebook_size <= 0:
+        fail(f"target_whiten={whiten} needs the random-projection targets "
+             "(target_codebook_size > 0)")
     if cfg.target_codebook_size > 0:
         for name in ("negatives_from_everywhere", "codebook_negatives", "quantize_input"):
             if getattr(cfg, name):

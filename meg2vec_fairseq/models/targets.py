@@ -19,6 +19,37 @@ from torch import nn
 CROP_NORMS = ("zscore", "center")
 
 
+def spatial_whitening(
+    x: torch.Tensor, shrinkage: float, padding_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Shrunk whitening matrix of the sensors of a centred batch: ``(B, C, T)`` -> ``(C, C)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, T)`` float32 batch, each sensor centred per crop; padded samples zero.
+    shrinkage : float
+        Added to every eigenvalue of the batch's sensor covariance, in units of their mean.
+    padding_mask : torch.Tensor or None
+        ``(B, T)``, True where padded (excluded from the sample count).
+
+    Returns
+    -------
+    torch.Tensor
+        ``W = V diag((e + shrinkage * mean(e)) ** -1/2) V^T``, symmetric.
+    """
+    samples = x.size(0) * x.size(-1)
+    if padding_mask is not None:
+        x = x * (~padding_mask).unsqueeze(1)
+        samples = int((~padding_mask).sum())
+    flat = x.transpose(0, 1).reshape(x.size(1), -1)
+    covariance = flat @ flat.t() / max(samples - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+    eigenvalues = eigenvalues.clamp(min=0)
+    scale = (eigenvalues + shrinkage * eigenvalues.mean().clamp(min=1e-12)).rsqrt()
+    return ((eigenvectors * scale) @ eigenvectors.t()).float()
+
+
 class RandomProjectionQuantizer(nn.Module):
     """Frozen random projection of input patches, matched to a frozen random codebook.
 
@@ -33,6 +64,14 @@ class RandomProjectionQuantizer(nn.Module):
     each sensor's power in the crop relative to its recording (segments are z-scored per
     recording by ``make_manifest``): a sustained change of sensor power then changes the
     codes, whereas per-crop z-scoring erases it.
+
+    With ``whiten > 0`` the normalised sensors are then spatially whitened with the batch's
+    sensor covariance, shrunk towards its mean eigenvalue: ``x <- V diag((e + whiten *
+    mean(e)) ** -1/2) V^T x`` (``e, V`` its eigenvalues and vectors). MEG sensor space is
+    dominated by a few strong components (environmental noise, alpha, heartbeat), so a random
+    projection of the sensors mostly encodes those; whitening gives every strong spatial
+    component a similar share of the codes, while components weaker than the shrinkage (the
+    noise floor, directions a MaxFilter removed) stay small instead of being blown up.
 
     Projection and codebook are buffers (never trained, saved in checkpoints) drawn from a
     ``torch.Generator`` seeded with ``seed``, hence identical for every model built with
@@ -58,6 +97,9 @@ class RandomProjectionQuantizer(nn.Module):
         Seed of the projection and codebook.
     crop_norm : {"zscore", "center"}
         Per-sensor normalisation of each crop before projection (see above).
+    whiten : float
+        Shrinkage of the spatial whitening in units of the mean eigenvalue (see above);
+        0 = no whitening.
     """
 
     def __init__(
@@ -69,11 +111,15 @@ class RandomProjectionQuantizer(nn.Module):
         codebook_dim: int,
         seed: int = 0,
         crop_norm: str = "zscore",
+        whiten: float = 0.0,
     ) -> None:
         super().__init__()
         if crop_norm not in CROP_NORMS:
             raise ValueError(f"crop_norm={crop_norm!r}: expected one of {CROP_NORMS}")
+        if not whiten >= 0:
+            raise ValueError(f"whiten={whiten}: must be >= 0 (0 = off)")
         self.crop_norm = crop_norm
+        self.whiten = float(whiten)
         self.receptive_field = receptive_field
         self.stride = stride
         self.num_vars = codebook_size  # fairseq's name: the diversity term reads it
@@ -109,6 +155,8 @@ class RandomProjectionQuantizer(nn.Module):
             x = x - mean
             if self.crop_norm == "zscore":
                 x = x / std.clamp(min=1e-8)
+            if self.whiten > 0:
+                x = spatial_whitening(x, self.whiten, padding_mask) @ x
             # One conv with the projection as kernel = projecting every unfolded window.
             # float32 buffers even in a model cast to bf16/fp16 (common.bf16): codes are computed
             # in float32 whatever the model's dtype
