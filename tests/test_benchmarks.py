@@ -31,3 +31,44 @@ def test_gpu_step_smoke_on_cpu(tmp_path):
     assert row["flops_per_step"] > 0 and row["step_ms"] > 0
     assert row["mfu"] > 0 and row["segments_per_s"] > 0
     assert "MFU %" in result.stdout
+
+
+def _tiny_probe_data(tmp_path):
+    """A probe_synthetic data directory at a tiny size (2 + 5 recordings of 12 s)."""
+    import argparse
+
+    sys.path.insert(0, "benchmarks")
+    import probe_synthetic
+
+    args = argparse.Namespace(
+        data_dir=str(tmp_path / "data"), pretrain_recordings=3, probe_recordings=5,
+        seconds=12.0, event_snr=2.0, rhythm_bandwidth=2.0, generator_seed=1234,
+        state_alpha_suppression=0.15, state_response=0.05, window=0.5, state_window=1.0,
+        context=1.0,
+    )
+    return probe_synthetic.prepare_data(args)["dir"]
+
+
+@pytest.mark.slow
+def test_spatial_probe_runs_every_view(tmp_path):
+    """``benchmarks/spatial_probe.py``: one row per view, scores in [0, 1], JSON written;
+    a directory without probe data is a one-line error naming it."""
+    data = _tiny_probe_data(tmp_path)
+    out = tmp_path / "spatial.json"
+    result = run_command(
+        [sys.executable, "benchmarks/spatial_probe.py", "--data", data, "--task", "state",
+         "--pca", "4", "--dim", "8", "--pca-files", "3", "--seeds", "0", "--json", str(out)],
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    names = [source["name"] for source in report["sources"]]
+    assert names == ["raw", "raw z-scored per window", "random rotation",
+                     "random projection 8", "PCA 4", "conv1 of meg2vec_tiny"]
+    assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
+    assert 0 < report["pca_variance_share"]["4"] <= 1
+    assert "PCA 4" in result.stdout
+    missing = run_command([sys.executable, "benchmarks/spatial_probe.py", "--data",
+                           str(tmp_path)], timeout=60)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert str(tmp_path) in missing.stderr

@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Which linear views of the sensors keep a probe task? (diagnostic for issue 9)
+
+The linear probe pools each feature's mean and standard deviation over a window, so it reads
+the *power of each feature*. A sustained state that raises the power of one spatial component
+is then only visible when some features are not dominated by the strong components (1/f
+background, alpha). This script probes fixed linear views of the raw sensors of a
+``benchmarks/probe_synthetic.py`` data directory with the same probe (pooling, classifier,
+seeds) as the benchmark:
+
+- ``raw``: the sensors;
+- ``raw z-scored per window``: each sensor z-scored over each window (what per-crop
+  normalisation leaves);
+- ``random rotation``: an orthogonal mix of all sensors (nothing lost, only mixed);
+- ``random projection <d>``: a Gaussian map to ``--dim`` features (like a first conv layer
+  without its temporal kernel);
+- ``PCA <k>``: the top ``k`` principal components of the *unlabelled* pre-training recordings
+  (what a variance-keeping unsupervised spatial filter could learn);
+- ``conv1 of <config>``: the first (linear) convolution of the config's conv encoder with
+  fresh weights (sensors and 10 samples mixed into each feature).
+
+Random views are redrawn per probe seed. Prints a table; ``--json`` writes the result.
+
+    python benchmarks/spatial_probe.py --data outputs/synthetic_data/synthetic-<hash> \\
+        --task state --pca 8 32 128 --json outputs/spatial_probe_state.json
+"""
+
+import argparse
+import glob
+import os
+import sys
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from meg2vec_fairseq.constants import SFREQ  # noqa: E402
+from meg2vec_fairseq.probing.report import write_json  # noqa: E402
+from meg2vec_fairseq.probing.run import run_probe  # noqa: E402
+from meg2vec_fairseq.probing.sources import RawSource, SourceSpec  # noqa: E402
+from meg2vec_fairseq.probing.windows import load_manifest_labels  # noqa: E402
+
+
+class LinearView(RawSource):
+    """The sensors through a fixed ``(C, D)`` matrix (or a per-window transform)."""
+
+    def __init__(self, name: str, matrix: np.ndarray = None,
+                 transform: Callable[[np.ndarray], np.ndarray] = None) -> None:
+        super().__init__()
+        self.name, self.matrix, self.transform = name, matrix, transform
+
+    def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Frames of a batch of ``(B, C, T)`` windows: ``(B, T, D)`` and sample positions."""
+        if self.transform is not None:
+            windows = self.transform(windows)
+        frames, centres = super().frames(windows)
+        return (frames if self.matrix is None else frames @ self.matrix), centres
+
+    def describe(self) -> Dict[str, object]:
+        """What the view is, for the result JSON."""
+        return {"kind": "linear view", "name": self.name}
+
+
+class FirstConv(RawSource):
+    """The first convolution of a config's conv encoder, fresh weights (seeded)."""
+
+    def __init__(self, config: str, seed: int, n_channels: int) -> None:
+        super().__init__()
+        from meg2vec_fairseq.probing.sources import build_random_model
+
+        model, _ = build_random_model(config, seed, n_channels)
+        self.conv = model.feature_extractor.conv_layers[0][0].eval()
+        self.name = f"conv1 of {config}"
+
+    def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', D)`` and frame centres."""
+        import torch
+
+        with torch.no_grad():
+            out = self.conv(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
+        kernel, stride = self.conv.kernel_size[0], self.conv.stride[0]
+        centres = np.arange(out.shape[-1]) * stride + (kernel - 1) / 2.0
+        return out.transpose(1, 2).numpy(), centres
+
+    def describe(self) -> Dict[str, object]:
+        """What the view is, for the result JSON."""
+        return {"kind": "first conv", "name": self.name}
+
+
+def zscore_windows(windows: np.ndarray) -> np.ndarray:
+    """Each sensor of each window z-scored over time."""
+    centred = windows - windows.mean(axis=-1, keepdims=True)
+    return centred / np.maximum(centred.std(axis=-1, keepdims=True), 1e-8)
+
+
+def principal_axes(pretrain_dir: str, max_files: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors of the sensor covariance of the pre-training
+    segments (the first ``max_files`` ``.npy`` files under ``pretrain_dir``)."""
+    files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))
+    if not files:
+        raise SystemExit(f"error: no .npy segments under {pretrain_dir}")
+    data = np.concatenate([np.load(f).astype(np.float64) for f in files[:max_files]], axis=1)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(data))
+    order = np.argsort(eigenvalues)[::-1]
+    return eigenvalues[order], eigenvectors[:, order]
+
+
+def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[SourceSpec]:
+    """The probed sources, in table order."""
+    def rotation(seed: int) -> LinearView:
+        q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n_channels, n_channels)))
+        return LinearView("random rotation", q)
+
+    def projection(seed: int) -> LinearView:
+        matrix = np.random.default_rng(seed).normal(size=(n_channels, args.dim))
+        return LinearView(f"random projection {args.dim}", matrix / np.sqrt(n_channels))
+
+    specs = [SourceSpec("raw", lambda seed: RawSource()),
+             SourceSpec("raw z-scored per window",
+                        lambda seed: LinearView("raw z-scored per window",
+                                                transform=zscore_windows)),
+             SourceSpec("random rotation", rotation, seeded=True),
+             SourceSpec(f"random projection {args.dim}", projection, seeded=True)]
+    for k in args.pca:
+        view = LinearView(f"PCA {k}", axes[1][:, :k])  # fixed: one view for every seed
+        specs.append(SourceSpec(view.name, lambda seed, view=view: view))
+    if args.config:
+        specs.append(SourceSpec(f"conv1 of {args.config}",
+                                lambda seed: FirstConv(args.config, seed, n_channels),
+                                seeded=True))
+    return specs
+
+
+def main(argv: Sequence[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True,
+                        help="a probe_synthetic data directory (with pretrain/ and probe/)")
+    parser.add_argument("--task", default="state", help="labels_<task>.tsv of probe/")
+    parser.add_argument("--pca", type=int, nargs="*", default=[8, 32, 128],
+                        help="numbers of principal components to probe")
+    parser.add_argument("--dim", type=int, default=128, help="random projection width")
+    parser.add_argument("--config", default="meg2vec_tiny",
+                        help="config whose first conv is probed ('' to skip)")
+    parser.add_argument("--pca-files", type=int, default=40,
+                        help="pre-training segments read for the PCA")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--context", type=float, default=1.0,
+                        help="signal each side of a span (s), as probe_synthetic's --context")
+    parser.add_argument("--json", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    labels = os.path.join(args.data, "probe", f"labels_{args.task}.tsv")
+    for path in (os.path.join(args.data, "probe", "train.tsv"), labels):
+        if not os.path.isfile(path):
+            parser.error(f"--data {args.data}: {path} does not exist (run "
+                         "benchmarks/probe_synthetic.py first)")
+    if args.dim < 1 or any(k < 1 for k in args.pca):
+        parser.error("--dim and --pca must be >= 1")
+    dataset = load_manifest_labels(os.path.join(args.data, "probe", "train.tsv"), labels,
+                                   sample_rate=SFREQ, context=args.context)
+    axes = principal_axes(os.path.join(args.data, "pretrain"), args.pca_files)
+    if any(k > dataset.n_channels for k in args.pca):
+        parser.error(f"--pca values must be <= the {dataset.n_channels} sensors")
+    result = run_probe(dataset, views(args, dataset.n_channels, axes), args.seeds)
+    shares = {str(k): float(axes[0][:k].sum() / axes[0].sum()) for k in args.pca}
+    result["pca_variance_share"] = shares
+    print(f"{args.task}: test macro-F1 of the linear probe (mean ± std over seeds "
+          f"{args.seeds}); chance {result['chance']['macro_f1']:.3f}")
+    for source in result["sources"]:
+        f1 = source["macro_f1"]
+        print(f"  {source['name']:28s} {f1['mean']:.3f} ± {f1['std']:.3f}")
+    print("  variance share of the top k components: "
+          + ", ".join(f"{k}: {v:.2f}" for k, v in shares.items()))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
