@@ -422,6 +422,40 @@ def test_whitened_targets_change_the_codes_and_train():
     assert model.project_q.weight.grad.abs().sum() > 0
 
 
+def test_reconstruction_targets_are_each_frames_centred_sensor_mean():
+    """Without whitening, a frame's target is each sensor's crop-centred mean over the
+    frame's receptive field, standardised per sensor over the batch."""
+    from meg2vec_fairseq.models.reconstruction import SensorReconstructionTargets
+
+    source = batch(b=3, c=5, t=400)["net_input"]["source"]
+    head = SensorReconstructionTargets(16, 5, receptive_field=10, stride=5)
+    targets = head.targets(source)
+    assert targets.shape == (3, (400 - 10) // 5 + 1, 5)
+    centred = source - source.mean(dim=-1, keepdim=True)
+    frames = centred.unfold(-1, 10, 5).mean(dim=-1).transpose(1, 2)
+    expected = (frames - frames.mean(dim=(0, 1))) / frames.std(dim=(0, 1))
+    torch.testing.assert_close(targets, expected, rtol=1e-4, atol=1e-4)
+    whitened = SensorReconstructionTargets(16, 5, 10, 5, whiten=1.0).targets(source)
+    assert whitened.shape == targets.shape and not torch.allclose(whitened, targets)
+
+
+def test_reconstruction_loss_is_the_last_extra_loss_and_trains_its_head():
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, target_whiten=1.0,
+                          target_reconstruction=True, target_band_power="[(1,4),(8,13)]",
+                          sample_rate=250).train()
+    out = model(**batch()["net_input"])
+    extra = model.get_extra_losses(out)
+    assert len(extra) == 4  # diversity, features_pen, band power, reconstruction
+    torch.testing.assert_close(extra[2], out["band_power_loss"])
+    torch.testing.assert_close(extra[3], out["reconstruction_loss"])
+    loss, _, logging = criterion([1.0, 10, 1.0, 2.0])(model, batch())
+    assert torch.isfinite(loss) and logging["loss_3"] > 0
+    loss.backward()
+    assert model.reconstruction.head.weight.grad.abs().sum() > 0
+    model.remove_pretraining_modules()
+    assert model.reconstruction is None and model.band_power is None
+
+
 def test_sensor_masking_does_not_reach_the_random_projection_targets():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, mask_sensors_prob=0.5).train()
     source = batch()["net_input"]["source"]

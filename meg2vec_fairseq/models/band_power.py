@@ -21,10 +21,11 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .masked_regression import MaskedRegressionHead, standardise_frames
 
 
-class BandPowerTargets(nn.Module):
+class BandPowerTargets(MaskedRegressionHead):
     """Per-sensor log band power targets and the linear head that predicts them.
 
     Parameters
@@ -54,13 +55,12 @@ class BandPowerTargets(nn.Module):
         receptive_field: int,
         stride: int,
     ) -> None:
-        super().__init__()
+        super().__init__(embed_dim, in_channels * len(bands))
         self.bands = [(float(low), float(high)) for low, high in bands]
         self.sample_rate = float(sample_rate)
         self.window = int(window)
         self.receptive_field = receptive_field
         self.stride = stride
-        self.head = nn.Linear(embed_dim, in_channels * len(self.bands))
 
     @torch.no_grad()
     def targets(
@@ -94,25 +94,4 @@ class BandPowerTargets(nn.Module):
                 powers.append(power[..., centres])  # (B, C, frames)
             log_power = torch.stack(powers, dim=2).clamp_min(1e-10).log()  # (B, C, bands, F)
             features = log_power.flatten(1, 2).transpose(1, 2)  # (B, frames, C * bands)
-            mean = features.mean(dim=(0, 1), keepdim=True)
-            std = features.std(dim=(0, 1), keepdim=True).clamp_min(1e-4)
-            return (features - mean) / std
-
-    def loss(
-        self, encoded: torch.Tensor, mask_indices: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean squared error of the head on the masked frames.
-
-        Parameters
-        ----------
-        encoded : torch.Tensor
-            ``(B, T', D)`` encoder output.
-        mask_indices : torch.Tensor
-            ``(B, T')`` boolean, True at masked frames.
-        targets : torch.Tensor
-            ``(B, frames >= T', C * n_bands)`` from :meth:`targets` (cut to ``T'`` here, as
-            fairseq cuts the features to a multiple of ``crop_seq_to_multiple``).
-        """
-        targets = targets[:, : encoded.size(1)]
-        predicted = self.head(encoded[mask_indices]).float()  # the loss in float32
-        return F.mse_loss(predicted, targets[mask_indices])
+            return standardise_frames(features)

@@ -20,6 +20,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   ``target_codebook_dim``, ``target_crop_norm``, ``target_whiten``; :mod:`.targets`);
 * masked prediction of each sensor's log band power (``target_band_power``,
   ``target_band_power_seconds``; :mod:`.band_power`);
+* masked reconstruction of the (whitened) sensors under each frame
+  (``target_reconstruction``; :mod:`.reconstruction`);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``).
 
@@ -34,7 +36,8 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      features_pen,
      pretext_band_stop_loss, pretext_phase_shift_loss, pretext_amplitude_scale_loss,
      (only the enabled pretext families, in this order)
-     band_power_loss]  (only with target_band_power)
+     band_power_loss,  (only with target_band_power)
+     reconstruction_loss]  (only with target_reconstruction)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
 ``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
@@ -71,6 +74,7 @@ from torch import nn
 
 from .band_power import BandPowerTargets
 from .pretext import PretextTasks, parse_bands
+from .reconstruction import SensorReconstructionTargets
 from .targets import CROP_NORMS, RandomProjectionQuantizer
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
@@ -209,6 +213,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "for target_band_power (long enough to define the lowest band's power)"
         },
     )
+    target_reconstruction: bool = field(
+        default=False,
+        metadata={
+            "help": "masked reconstruction: a linear head on the Transformer output of each "
+            "masked frame regresses the sensors under that frame (each centred per crop, "
+            "spatially whitened with target_whiten's shrinkage when it is > 0, averaged over "
+            "the frame's receptive field, standardised with the batch's statistics); an extra "
+            "loss after the band-power loss (add its criterion.loss_weights entry)"
+        },
+    )
     negatives_max_distance: int = field(
         default=0,
         metadata={
@@ -325,6 +339,16 @@ class Meg2VecModel(Wav2Vec2Model):
                 receptive_field=receptive_field,
                 stride=stride,
             )
+        self.reconstruction: Optional[SensorReconstructionTargets] = None
+        if getattr(cfg, "target_reconstruction", False):
+            receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
+            self.reconstruction = SensorReconstructionTargets(
+                embed_dim=cfg.encoder_embed_dim,
+                in_channels=cfg.in_channels,
+                receptive_field=receptive_field,
+                stride=stride,
+                whiten=getattr(cfg, "target_whiten", 0.0),
+            )
         if cfg.target_codebook_size > 0:
             receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
             self.quantizer = RandomProjectionQuantizer(
@@ -397,14 +421,16 @@ class Meg2VecModel(Wav2Vec2Model):
                     source = transformed
             if isinstance(self.quantizer, RandomProjectionQuantizer):
                 self.quantizer.stash(source, padding_mask)  # before sensor masking: full input
-            power_targets = None
-            if self.band_power is not None:
-                power_targets = self.band_power.targets(source, padding_mask)  # full input too
+            # regression targets from the full input too: (loss name, head, targets)
+            regressions = [
+                (name, head, head.targets(source, padding_mask))
+                for name, head in self._regression_heads()
+            ]
             if self.training and self.cfg.mask_sensors_prob > 0:
                 source = mask_sensors(source, self.cfg.mask_sensors_prob)
             captured: List[torch.Tensor] = []
             handle = None
-            if (labels and view is None) or power_targets is not None:
+            if (labels and view is None) or regressions:
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
                 )
@@ -420,15 +446,18 @@ class Meg2VecModel(Wav2Vec2Model):
                 result.update(self.pretext(encoded["x"], encoded["padding_mask"], labels))
             elif labels:
                 result.update(self.pretext(captured[-1], result["padding_mask"], labels))
-            if power_targets is not None:
-                result["band_power_loss"] = self.band_power.loss(
-                    captured[-1], self._mask_indices, power_targets
-                )
+            for name, head, targets in regressions:
+                result[f"{name}_loss"] = head.loss(captured[-1], self._mask_indices, targets)
             return result
         finally:
             self._mask_indices = None
             if isinstance(self.quantizer, RandomProjectionQuantizer):
                 self.quantizer.clear()
+
+    def _regression_heads(self) -> List[Tuple[str, nn.Module]]:
+        """The enabled masked-regression objectives, in extra-loss order."""
+        heads = [("band_power", self.band_power), ("reconstruction", self.reconstruction)]
+        return [(name, head) for name, head in heads if head is not None]
 
     def _objectives_on(self) -> bool:
         cfg = self.cfg
@@ -437,7 +466,7 @@ class Meg2VecModel(Wav2Vec2Model):
             or isinstance(self.quantizer, RandomProjectionQuantizer)
             or cfg.negatives_max_distance > 0
             or cfg.mask_sensors_prob > 0
-            or self.band_power is not None
+            or bool(self._regression_heads())
         )
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
@@ -504,7 +533,8 @@ class Meg2VecModel(Wav2Vec2Model):
 
     def get_extra_losses(self, net_output) -> List[Optional[torch.Tensor]]:
         """fairseq's ``[diversity, features_pen]``, one loss per enabled pretext family, then
-        the band-power loss when ``target_band_power`` is on.
+        the band-power loss (``target_band_power``) and the reconstruction loss
+        (``target_reconstruction``) when they are on.
 
         Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
         phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
@@ -513,8 +543,7 @@ class Meg2VecModel(Wav2Vec2Model):
         losses = super().get_extra_losses(net_output)
         if self.pretext is not None:
             losses.extend(net_output.get(f"pretext_{name}_loss") for name in self.pretext.names)
-        if self.band_power is not None:
-            losses.append(net_output.get("band_power_loss"))
+        losses.extend(net_output.get(f"{name}_loss") for name, _ in self._regression_heads())
         return losses
 
     def remove_pretraining_modules(self, last_layer=None) -> None:
@@ -522,6 +551,7 @@ class Meg2VecModel(Wav2Vec2Model):
         super().remove_pretraining_modules(last_layer=last_layer)
         self.pretext = None
         self.band_power = None
+        self.reconstruction = None
 
 
 def pretext_enabled(cfg: Meg2VecConfig) -> bool:
@@ -594,9 +624,11 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     whiten = getattr(cfg, "target_whiten", 0.0)
     if not whiten >= 0:
         fail(f"target_whiten={whiten}: must be >= 0 (0 = off)")
-    if whiten > 0 and cfg.target_codebook_size <= 0:
+    if whiten > 0 and cfg.target_codebook_size <= 0 and not getattr(
+        cfg, "target_reconstruction", False
+    ):
         fail(f"target_whiten={whiten} needs the random-projection targets "
-             "(target_codebook_size > 0)")
+             "(target_codebook_size > 0) or target_reconstruction")
     if cfg.target_codebook_size > 0:
         for name in ("negatives_from_everywhere", "codebook_negatives", "quantize_input"):
             if getattr(cfg, name):
