@@ -456,6 +456,57 @@ def test_reconstruction_loss_is_the_last_extra_loss_and_trains_its_head():
     assert model.reconstruction is None and model.band_power is None
 
 
+def test_subspace_front_end_keeps_the_whitened_top_components_only():
+    """Rank 2 of 5: the two strongest directions come out with similar power, the others are
+    removed; the matrix does not depend on eigenvector signs (a projector)."""
+    from meg2vec_fairseq.models.spatial_filter import PrincipalSubspaceWhitening
+
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(5, 5, generator=generator))
+    powers = torch.tensor([50.0, 5.0, 1.0, 0.5, 0.1])
+    sources = torch.randn(3, 5, 3000, generator=generator) * powers.sqrt()[None, :, None]
+    x = torch.einsum("cs,bst->bct", basis, sources)
+    front = PrincipalSubspaceWhitening(5, rank=2, shrinkage=0.0).eval()  # batch covariance
+    out = front(x)
+    power = torch.einsum("cs,bct->bst", basis, out).pow(2).mean(dim=(0, 2))
+    torch.testing.assert_close(power[:2], torch.ones(2), rtol=0.05, atol=0.05)
+    assert power[2:].max() < 1e-4  # vs 1 for the kept ones (float32 rounding only)
+    matrix = front.matrix(PrincipalSubspaceWhitening.batch_covariance(x))
+    assert torch.linalg.matrix_rank(matrix) == 2
+    torch.testing.assert_close(matrix, matrix.t())
+
+
+def test_subspace_front_end_learns_its_covariance_in_training_and_keeps_it_in_eval():
+    from meg2vec_fairseq.models.spatial_filter import PrincipalSubspaceWhitening
+
+    front = PrincipalSubspaceWhitening(4, rank=2, momentum=0.5)
+    first = torch.randn(2, 4, 500) * torch.tensor([3.0, 1.0, 1.0, 1.0])[None, :, None]
+    front.train()(first)
+    torch.testing.assert_close(front.running_covariance,
+                               PrincipalSubspaceWhitening.batch_covariance(first))
+    second = torch.randn(2, 4, 500)
+    front(second)  # moves half way to the second batch
+    expected = 0.5 * (PrincipalSubspaceWhitening.batch_covariance(first)
+                      + PrincipalSubspaceWhitening.batch_covariance(second))
+    torch.testing.assert_close(front.running_covariance, expected)
+    frozen = front.running_covariance.clone()
+    front.eval()(torch.randn(2, 4, 500) * 10)
+    torch.testing.assert_close(front.running_covariance, frozen)  # eval never updates
+    assert int(front.batches_seen) == 2
+
+
+def test_model_with_the_subspace_front_end_trains_and_saves_its_statistics():
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, input_subspace_rank=4).train()
+    loss, _, _ = criterion([1.0, 10])(model, batch())
+    assert torch.isfinite(loss)
+    loss.backward()
+    state = model.state_dict()
+    assert "feature_extractor.spatial_filter.running_covariance" in state
+    assert int(state["feature_extractor.spatial_filter.batches_seen"]) == 1
+    plain = build_meg2vec(in_channels=8, target_codebook_size=64)
+    assert plain.feature_extractor.spatial_filter is None
+
+
 def test_sensor_masking_does_not_reach_the_random_projection_targets():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, mask_sensors_prob=0.5).train()
     source = batch()["net_input"]["source"]
@@ -660,6 +711,10 @@ def test_model_in_bfloat16_trains(options):
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
         ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
         ({"target_whiten": -1.0, "target_codebook_size": 8}, r"target_whiten=-1\.0"),
+        ({"input_subspace_rank": 9}, r"input_subspace_rank=9: must be in 0\.\.8"),
+        ({"input_subspace_rank": -1}, "input_subspace_rank=-1"),
+        ({"input_subspace_rank": 4, "input_subspace_shrinkage": -0.5},
+         r"input_subspace_shrinkage=-0\.5"),
         ({"target_whiten": 1.0}, r"target_whiten=1\.0 needs the random-projection targets"),
         ({"target_band_power": "[(1,4),(100,130)]"}, r"target_band_power band \(100, 130\)"),
         ({"target_band_power": "1-4"}, "target_band_power='1-4'"),

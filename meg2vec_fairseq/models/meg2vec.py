@@ -75,6 +75,7 @@ from torch import nn
 from .band_power import BandPowerTargets
 from .pretext import PretextTasks, parse_bands
 from .reconstruction import SensorReconstructionTargets
+from .spatial_filter import PrincipalSubspaceWhitening
 from .targets import CROP_NORMS, RandomProjectionQuantizer
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
@@ -213,6 +214,23 @@ class Meg2VecConfig(Wav2Vec2Config):
             "for target_band_power (long enough to define the lowest band's power)"
         },
     )
+    input_subspace_rank: int = field(
+        default=0,
+        metadata={
+            "help": "if > 0, a spatial front end projects the sensors onto this many principal "
+            "directions of their covariance (a running average over training batches, saved "
+            "in checkpoints), whitened with shrinkage input_subspace_shrinkage, before the "
+            "first convolution (MEG 'virtual sensors'; keeps weaker components that a first "
+            "convolution on raw sensors mixes away). 0 = off"
+        },
+    )
+    input_subspace_shrinkage: float = field(
+        default=1.0,
+        metadata={
+            "help": "shrinkage of input_subspace_rank's whitening, in units of the mean "
+            "eigenvalue (>= 0)"
+        },
+    )
     target_reconstruction: bool = field(
         default=False,
         metadata={
@@ -262,6 +280,9 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         Whether the convolutions have a bias.
     dropout : float
         Dropout after each convolution.
+    spatial_filter : nn.Module or None
+        Applied to the ``(B, C, T)`` sensors before the first convolution
+        (:class:`~.spatial_filter.PrincipalSubspaceWhitening`); None = none.
     """
 
     def __init__(
@@ -271,6 +292,7 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         mode: str = "default",
         conv_bias: bool = False,
         dropout: float = 0.0,
+        spatial_filter: Optional[nn.Module] = None,
     ) -> None:
         super().__init__(conv_layers=conv_layers, dropout=dropout, mode=mode, conv_bias=conv_bias)
         self.in_channels = in_channels
@@ -278,6 +300,7 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         first_conv = nn.Conv1d(in_channels, dim, kernel_size, stride=stride, bias=conv_bias)
         nn.init.kaiming_normal_(first_conv.weight)
         self.conv_layers[0][0] = first_conv  # each block is Sequential(conv, dropout, ...)
+        self.spatial_filter = spatial_filter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, T)`` sensors to ``(B, D, T')`` features."""
@@ -286,6 +309,8 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
                 f"meg2vec expects input of shape (batch, {self.in_channels}, time), "
                 f"got {tuple(x.shape)}"
             )
+        if self.spatial_filter is not None:
+            x = self.spatial_filter(x)
         for conv in self.conv_layers:
             x = conv(x)
         return x
@@ -306,13 +331,22 @@ class Meg2VecModel(Wav2Vec2Model):
 
     def __init__(self, cfg: Meg2VecConfig) -> None:
         super().__init__(cfg)
+        bands = validate_objectives(cfg)  # before building anything from the options
         self.feature_extractor = MultiChannelConvFeatureExtractor(
             in_channels=cfg.in_channels,
             conv_layers=eval(cfg.conv_feature_layers),  # fairseq's own format for the stack
             mode=cfg.extractor_mode,
             conv_bias=cfg.conv_bias,
+            spatial_filter=(
+                PrincipalSubspaceWhitening(
+                    cfg.in_channels,
+                    cfg.input_subspace_rank,
+                    shrinkage=cfg.input_subspace_shrinkage,
+                )
+                if getattr(cfg, "input_subspace_rank", 0) > 0
+                else None
+            ),
         )
-        bands = validate_objectives(cfg)
         self._mask_indices: Optional[torch.Tensor] = None  # of the current forward
         self.pretext: Optional[PretextTasks] = None
         if pretext_enabled(cfg):
@@ -621,6 +655,11 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     crop_norm = getattr(cfg, "target_crop_norm", "zscore")
     if crop_norm not in CROP_NORMS:
         fail(f"target_crop_norm={crop_norm!r}: must be one of {', '.join(CROP_NORMS)}")
+    rank = getattr(cfg, "input_subspace_rank", 0)
+    if not 0 <= rank <= cfg.in_channels:
+        fail(f"input_subspace_rank={rank}: must be in 0..{cfg.in_channels} (in_channels; 0 = off)")
+    if not getattr(cfg, "input_subspace_shrinkage", 1.0) >= 0:
+        fail(f"input_subspace_shrinkage={cfg.input_subspace_shrinkage}: must be >= 0")
     whiten = getattr(cfg, "target_whiten", 0.0)
     if not whiten >= 0:
         fail(f"target_whiten={whiten}: must be >= 0 (0 = off)")

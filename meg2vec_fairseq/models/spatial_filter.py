@@ -1,0 +1,87 @@
+"""A spatial front end that keeps the principal subspace of the sensors, whitened.
+
+Notes
+-----
+MEG sensor space is dominated by a few strong components, and a task-related power change
+often sits in weaker ones. A first convolution that mixes all sensors buries such a change
+under the strong components, and a linear probe of pooled feature power cannot un-mix it
+(docs/pretraining_research.md, round 8: on the synthetic benchmark the sustained state lives in
+principal components 17-32; a fresh first convolution on the raw sensors probes it at chance,
+on the top 32 whitened components at 0.73). :class:`PrincipalSubspaceWhitening` projects each
+input onto the top ``rank`` principal directions of the sensor covariance and whitens them
+(shrunk by ``shrinkage`` times the mean eigenvalue): ``W = V_k diag((e_k + s mean(e))^-1/2)
+V_k^T``, a ``(C, C)`` matrix of rank ``k``. This is the "virtual sensors" step of MEG
+pipelines (PCA after MaxFilter, MNE's ``UnsupervisedSpatialFilter``) inside the model.
+
+The covariance is a running average over training batches (like BatchNorm's statistics; saved
+in checkpoints). ``W`` is invariant to the signs and rotations of the eigenvectors inside the
+subspace, so it changes smoothly as the estimate improves. A model that has never trained
+(random-init baselines) uses each batch's own covariance.
+"""
+
+import torch
+from torch import nn
+
+
+class PrincipalSubspaceWhitening(nn.Module):
+    """``(B, C, T) -> (B, C, T)``: projection onto the whitened top-``rank`` sensor subspace.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of sensors ``C``.
+    rank : int
+        Principal directions kept, ``1 <= rank <= C``.
+    shrinkage : float
+        Added to the kept eigenvalues, in units of the mean eigenvalue (>= 0).
+    momentum : float
+        Weight of each training batch in the running covariance, in (0, 1].
+    """
+
+    def __init__(
+        self, in_channels: int, rank: int, shrinkage: float = 1.0, momentum: float = 0.01
+    ) -> None:
+        super().__init__()
+        if not 1 <= rank <= in_channels:
+            raise ValueError(f"rank={rank}: must be in 1..{in_channels} (the sensors)")
+        if not shrinkage >= 0:
+            raise ValueError(f"shrinkage={shrinkage}: must be >= 0")
+        if not 0 < momentum <= 1:
+            raise ValueError(f"momentum={momentum}: must be in (0, 1]")
+        self.rank, self.shrinkage, self.momentum = rank, float(shrinkage), float(momentum)
+        self.register_buffer("running_covariance", torch.eye(in_channels))
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def batch_covariance(x: torch.Tensor) -> torch.Tensor:
+        """Sensor covariance of a batch, each crop's sensor mean removed: ``(C, C)``."""
+        x = x - x.mean(dim=-1, keepdim=True)
+        flat = x.transpose(0, 1).reshape(x.size(1), -1)
+        return flat @ flat.t() / max(flat.size(1) - 1, 1)
+
+    def matrix(self, covariance: torch.Tensor) -> torch.Tensor:
+        """``W`` for a covariance (float32, ``(C, C)``)."""
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+        eigenvalues = eigenvalues.clamp(min=0)
+        kept_values = eigenvalues[-self.rank :]
+        kept = eigenvectors[:, -self.rank :]
+        scale = (kept_values + self.shrinkage * eigenvalues.mean().clamp(min=1e-12)).rsqrt()
+        return ((kept * scale) @ kept.t()).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Filter ``(B, C, T)`` sensors; in training, update the running covariance first."""
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            if self.training:
+                covariance = self.batch_covariance(x.float())
+                if int(self.batches_seen) == 0:
+                    self.running_covariance.copy_(covariance)
+                else:
+                    self.running_covariance.lerp_(covariance, self.momentum)
+                self.batches_seen += 1
+                covariance = self.running_covariance
+            elif int(self.batches_seen) == 0:
+                covariance = self.batch_covariance(x.float())
+            else:
+                covariance = self.running_covariance
+            matrix = self.matrix(covariance)
+        return torch.einsum("dc,bct->bdt", matrix.to(x.dtype), x)
