@@ -23,7 +23,9 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * masked reconstruction of the (whitened) sensors under each frame
   (``target_reconstruction``; :mod:`.reconstruction`);
 * negatives near the positive in time (``negatives_max_distance``);
-* zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``).
+* zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
+* a spatial front end before the first convolution: the whitened top-k principal subspace of
+  the sensors (``input_subspace_rank``, ``input_subspace_shrinkage``; :mod:`.spatial_filter`).
 
 They hook into fairseq's own methods (``forward`` wrapped, ``apply_mask``,
 ``sample_negatives``, ``get_extra_losses``, ``remove_pretraining_modules`` extended, the
