@@ -19,8 +19,53 @@ subspace, so it changes smoothly as the estimate improves. A model that has neve
 (random-init baselines) uses each batch's own covariance.
 """
 
+from typing import Optional
+
 import torch
 from torch import nn
+
+
+def sensor_covariance(
+    x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Sensor covariance of a batch of centred crops: ``(B, C, T)`` -> ``(C, C)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, T)``, each sensor already centred per crop.
+    padding_mask : torch.Tensor or None
+        ``(B, T)``, True where padded: those samples are zeroed and not counted.
+    """
+    samples = x.size(0) * x.size(-1)
+    if padding_mask is not None:
+        x = x * (~padding_mask).unsqueeze(1)
+        samples = int((~padding_mask).sum())
+    flat = x.transpose(0, 1).reshape(x.size(1), -1)
+    return flat @ flat.t() / max(samples - 1, 1)
+
+
+def whitening_matrix(
+    covariance: torch.Tensor, shrinkage: float, rank: Optional[int] = None
+) -> torch.Tensor:
+    """Shrunk whitening ``V_k diag((e_k + shrinkage * mean(e)) ** -1/2) V_k^T`` (float32).
+
+    Parameters
+    ----------
+    covariance : torch.Tensor
+        ``(C, C)`` symmetric.
+    shrinkage : float
+        Added to the eigenvalues, in units of their mean.
+    rank : int or None
+        Keep only the ``rank`` largest eigen-directions (None: all, a full-rank ZCA).
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+    eigenvalues = eigenvalues.clamp(min=0)
+    ridge = shrinkage * eigenvalues.mean().clamp(min=1e-12)
+    if rank is not None:
+        eigenvalues, eigenvectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
+    scale = (eigenvalues + ridge).rsqrt()
+    return ((eigenvectors * scale) @ eigenvectors.t()).float()
 
 
 class PrincipalSubspaceWhitening(nn.Module):
@@ -55,18 +100,11 @@ class PrincipalSubspaceWhitening(nn.Module):
     @staticmethod
     def batch_covariance(x: torch.Tensor) -> torch.Tensor:
         """Sensor covariance of a batch, each crop's sensor mean removed: ``(C, C)``."""
-        x = x - x.mean(dim=-1, keepdim=True)
-        flat = x.transpose(0, 1).reshape(x.size(1), -1)
-        return flat @ flat.t() / max(flat.size(1) - 1, 1)
+        return sensor_covariance(x - x.mean(dim=-1, keepdim=True))
 
     def matrix(self, covariance: torch.Tensor) -> torch.Tensor:
         """``W`` for a covariance (float32, ``(C, C)``)."""
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
-        eigenvalues = eigenvalues.clamp(min=0)
-        kept_values = eigenvalues[-self.rank :]
-        kept = eigenvectors[:, -self.rank :]
-        scale = (kept_values + self.shrinkage * eigenvalues.mean().clamp(min=1e-12)).rsqrt()
-        return ((kept * scale) @ kept.t()).float()
+        return whitening_matrix(covariance, self.shrinkage, self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Filter ``(B, C, T)`` sensors; in training, update the running covariance first."""

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .spatial_filter import sensor_covariance, whitening_matrix
+
 #: Per-sensor normalisations of a crop before the random projection.
 CROP_NORMS = ("zscore", "center")
 
@@ -27,27 +29,18 @@ def spatial_whitening(
     Parameters
     ----------
     x : torch.Tensor
-        ``(B, C, T)`` float32 batch, each sensor centred per crop; padded samples zero.
+        ``(B, C, T)`` float32 batch, each sensor centred per crop.
     shrinkage : float
         Added to every eigenvalue of the batch's sensor covariance, in units of their mean.
     padding_mask : torch.Tensor or None
-        ``(B, T)``, True where padded (excluded from the sample count).
+        ``(B, T)``, True where padded (left out of the covariance).
 
     Returns
     -------
     torch.Tensor
         ``W = V diag((e + shrinkage * mean(e)) ** -1/2) V^T``, symmetric.
     """
-    samples = x.size(0) * x.size(-1)
-    if padding_mask is not None:
-        x = x * (~padding_mask).unsqueeze(1)
-        samples = int((~padding_mask).sum())
-    flat = x.transpose(0, 1).reshape(x.size(1), -1)
-    covariance = flat @ flat.t() / max(samples - 1, 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
-    eigenvalues = eigenvalues.clamp(min=0)
-    scale = (eigenvalues + shrinkage * eigenvalues.mean().clamp(min=1e-12)).rsqrt()
-    return ((eigenvectors * scale) @ eigenvectors.t()).float()
+    return whitening_matrix(sensor_covariance(x, padding_mask), shrinkage)
 
 
 class RandomProjectionQuantizer(nn.Module):
