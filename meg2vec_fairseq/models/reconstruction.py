@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .masked_regression import MaskedRegressionHead, standardise_frames
+from .spatial_filter import centre_crops
 from .targets import spatial_whitening
 
 
@@ -56,13 +57,7 @@ class SensorReconstructionTargets(MaskedRegressionHead):
         """``(B, C, T)`` -> ``(B, frames, C)``, ``frames = (T - receptive_field) // stride + 1``
         (the conv encoder's frame count)."""
         with torch.autocast(device_type=source.device.type, enabled=False):
-            x = source.float()
-            if padding_mask is None:
-                x = x - x.mean(dim=-1, keepdim=True)
-            else:
-                keep = (~padding_mask).unsqueeze(1).float()
-                count = keep.sum(dim=-1, keepdim=True).clamp(min=1)
-                x = (x - (x * keep).sum(dim=-1, keepdim=True) / count) * keep
+            x, _ = centre_crops(source.float(), padding_mask)
             if self.whiten > 0:
                 x = spatial_whitening(x, self.whiten, padding_mask) @ x
             frames = F.avg_pool1d(x, self.receptive_field, stride=self.stride)

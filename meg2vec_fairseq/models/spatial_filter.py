@@ -19,10 +19,38 @@ subspace, so it changes smoothly as the estimate improves. A model that has neve
 (random-init baselines) uses each batch's own covariance.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
+
+
+def centre_crops(
+    x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each sensor of each crop centred over its non-padded samples; padded samples zero.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, T)``.
+    padding_mask : torch.Tensor or None
+        ``(B, T)``, True where padded.
+
+    Returns
+    -------
+    centred : torch.Tensor
+        ``(B, C, T)``.
+    count : torch.Tensor
+        ``(B, 1, 1)`` or a scalar: non-padded samples per crop (at least 2, for unbiased
+        variances).
+    """
+    if padding_mask is None:
+        return x - x.mean(dim=-1, keepdim=True), torch.tensor(float(max(x.size(-1), 2)))
+    keep = (~padding_mask).unsqueeze(1).to(x.dtype)
+    count = keep.sum(dim=-1, keepdim=True).clamp(min=2)
+    mean = (x * keep).sum(dim=-1, keepdim=True) / count
+    return (x - mean) * keep, count
 
 
 def sensor_covariance(
@@ -100,7 +128,7 @@ class PrincipalSubspaceWhitening(nn.Module):
     @staticmethod
     def batch_covariance(x: torch.Tensor) -> torch.Tensor:
         """Sensor covariance of a batch, each crop's sensor mean removed: ``(C, C)``."""
-        return sensor_covariance(x - x.mean(dim=-1, keepdim=True))
+        return sensor_covariance(centre_crops(x)[0])
 
     def matrix(self, covariance: torch.Tensor) -> torch.Tensor:
         """``W`` for a covariance (float32, ``(C, C)``)."""

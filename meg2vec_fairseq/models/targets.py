@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spatial_filter import sensor_covariance, whitening_matrix
+from .spatial_filter import centre_crops, sensor_covariance, whitening_matrix
 
 #: Per-sensor normalisations of a crop before the random projection.
 CROP_NORMS = ("zscore", "center")
@@ -135,18 +135,9 @@ class RandomProjectionQuantizer(nn.Module):
         ``frames = (T - receptive_field) // stride + 1``, the conv encoder's frame count.
         """
         with torch.autocast(device_type=source.device.type, enabled=False):
-            x = source.float()
-            if padding_mask is None:
-                mean = x.mean(dim=-1, keepdim=True)
-                std = x.std(dim=-1, keepdim=True)
-            else:
-                keep = (~padding_mask).unsqueeze(1).float()
-                count = keep.sum(dim=-1, keepdim=True).clamp(min=2)
-                mean = (x * keep).sum(dim=-1, keepdim=True) / count
-                std = (((x - mean) * keep).pow(2).sum(dim=-1, keepdim=True) / (count - 1)).sqrt()
-                x = x * keep
-            x = x - mean
+            x, count = centre_crops(source.float(), padding_mask)
             if self.crop_norm == "zscore":
+                std = (x.pow(2).sum(dim=-1, keepdim=True) / (count - 1)).sqrt()
                 x = x / std.clamp(min=1e-8)
             if self.whiten > 0:
                 x = spatial_whitening(x, self.whiten, padding_mask) @ x
