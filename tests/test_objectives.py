@@ -476,33 +476,51 @@ def test_subspace_front_end_keeps_the_whitened_top_components_only():
     torch.testing.assert_close(matrix, matrix.t())
 
 
-def test_subspace_front_end_learns_its_covariance_in_training_and_keeps_it_in_eval():
+def test_subspace_front_end_folds_batches_into_its_covariance_and_only_reads_it_in_forward():
     from meg2vec_fairseq.models.spatial_filter import PrincipalSubspaceWhitening
 
     front = PrincipalSubspaceWhitening(4, rank=2, momentum=0.5)
     first = torch.randn(2, 4, 500) * torch.tensor([3.0, 1.0, 1.0, 1.0])[None, :, None]
-    front.train()(first)
+    front.update(first)
     torch.testing.assert_close(front.running_covariance,
                                PrincipalSubspaceWhitening.batch_covariance(first))
     second = torch.randn(2, 4, 500)
-    front(second)  # moves half way to the second batch
+    front.update(second)  # moves half way to the second batch
     expected = 0.5 * (PrincipalSubspaceWhitening.batch_covariance(first)
                       + PrincipalSubspaceWhitening.batch_covariance(second))
     torch.testing.assert_close(front.running_covariance, expected)
     frozen = front.running_covariance.clone()
-    front.eval()(torch.randn(2, 4, 500) * 10)
-    torch.testing.assert_close(front.running_covariance, frozen)  # eval never updates
+    front.train()(torch.randn(2, 4, 500) * 10)
+    torch.testing.assert_close(front.running_covariance, frozen)  # forward never updates
     assert int(front.batches_seen) == 2
 
 
+def test_subspace_front_end_covariance_excludes_padded_samples():
+    from meg2vec_fairseq.models.spatial_filter import PrincipalSubspaceWhitening
+
+    x = torch.randn(2, 3, 400)
+    padded = torch.cat([x, torch.zeros(2, 3, 100)], dim=-1)
+    mask = torch.zeros(2, 500, dtype=torch.bool)
+    mask[:, 400:] = True
+    torch.testing.assert_close(PrincipalSubspaceWhitening.batch_covariance(padded, mask),
+                               PrincipalSubspaceWhitening.batch_covariance(x))
+
+
 def test_model_with_the_subspace_front_end_trains_and_saves_its_statistics():
-    model = build_meg2vec(in_channels=8, target_codebook_size=64, input_subspace_rank=4).train()
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, input_subspace_rank=4,
+                          mask_sensors_prob=0.5).train()
     loss, _, _ = criterion([1.0, 10])(model, batch())
     assert torch.isfinite(loss)
     loss.backward()
     state = model.state_dict()
     assert "feature_extractor.spatial_filter.running_covariance" in state
     assert int(state["feature_extractor.spatial_filter.batches_seen"]) == 1
+    # from the crops as they came, not the sensor-masked input the encoder saw
+    source = batch()["net_input"]["source"]
+    torch.testing.assert_close(
+        state["feature_extractor.spatial_filter.running_covariance"],
+        model.feature_extractor.spatial_filter.batch_covariance(source),
+    )
     plain = build_meg2vec(in_channels=8, target_codebook_size=64)
     assert plain.feature_extractor.spatial_filter is None
 

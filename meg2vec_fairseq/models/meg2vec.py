@@ -443,6 +443,10 @@ class Meg2VecModel(Wav2Vec2Model):
         extraction) are fairseq's forward unchanged.
         """
         try:
+            spatial_filter = self.feature_extractor.spatial_filter
+            if spatial_filter is not None and self.training and mask and not features_only:
+                # statistics of the crops as they come, before masking or a pretext view
+                spatial_filter.update(source, padding_mask)
             if not (mask and not features_only and self._objectives_on()):
                 return super().forward(
                     source, padding_mask, mask=mask, features_only=features_only, **kwargs

@@ -14,9 +14,12 @@ V_k^T``, a ``(C, C)`` matrix of rank ``k``. This is the "virtual sensors" step o
 pipelines (PCA after MaxFilter, MNE's ``UnsupervisedSpatialFilter``) inside the model.
 
 The covariance is a running average over training batches (like BatchNorm's statistics; saved
-in checkpoints). ``W`` is invariant to the signs and rotations of the eigenvectors inside the
-subspace, so it changes smoothly as the estimate improves. A model that has never trained
-(random-init baselines) uses each batch's own covariance.
+in checkpoints), updated by the model's pre-training forward from the crops as they come from
+the data (:meth:`PrincipalSubspaceWhitening.update`), before sensor masking or a pretext
+view alters them; the filter's own forward only reads it. ``W`` is invariant to the signs
+and rotations of the eigenvectors inside the subspace, so it changes smoothly as the
+estimate improves. A model that has never trained (random-init baselines) uses each batch's
+own covariance.
 """
 
 from typing import Optional, Tuple
@@ -126,26 +129,36 @@ class PrincipalSubspaceWhitening(nn.Module):
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
     @staticmethod
-    def batch_covariance(x: torch.Tensor) -> torch.Tensor:
-        """Sensor covariance of a batch, each crop's sensor mean removed: ``(C, C)``."""
-        return sensor_covariance(centre_crops(x)[0])
+    def batch_covariance(
+        x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Sensor covariance of a batch, each crop's sensor mean removed (padding excluded)."""
+        return sensor_covariance(centre_crops(x, padding_mask)[0], padding_mask)
 
     def matrix(self, covariance: torch.Tensor) -> torch.Tensor:
         """``W`` for a covariance (float32, ``(C, C)``)."""
         return whitening_matrix(covariance, self.shrinkage, self.rank)
 
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
+        """Fold a training batch ``(B, C, T)`` into the running covariance.
+
+        The first batch replaces the identity it starts from; later ones move it by
+        ``momentum``.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            covariance = self.batch_covariance(x.float(), padding_mask)
+            if int(self.batches_seen) == 0:
+                self.running_covariance.copy_(covariance)
+            else:
+                self.running_covariance.lerp_(covariance, self.momentum)
+            self.batches_seen += 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Filter ``(B, C, T)`` sensors; in training, update the running covariance first."""
+        """Filter ``(B, C, T)`` sensors with the running covariance (a batch's own covariance
+        while no batch has been folded in: a model that never trained)."""
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            if self.training:
-                covariance = self.batch_covariance(x.float())
-                if int(self.batches_seen) == 0:
-                    self.running_covariance.copy_(covariance)
-                else:
-                    self.running_covariance.lerp_(covariance, self.momentum)
-                self.batches_seen += 1
-                covariance = self.running_covariance
-            elif int(self.batches_seen) == 0:
+            if int(self.batches_seen) == 0:
                 covariance = self.batch_covariance(x.float())
             else:
                 covariance = self.running_covariance
