@@ -122,7 +122,9 @@ def data_args(args) -> List[str]:
            "--state-response", str(args.state_response), "--tasks", *args.tasks,
            "--layers", *args.layers, "--seeds", *map(str, args.seeds),
            "--finetune-fractions", *map(str, args.finetune_fractions),
-           "--finetune-epochs", str(args.finetune_epochs), "--device", args.device,
+           "--finetune-epochs", str(args.finetune_epochs),
+           *(["--finetune-probe-init"] if args.finetune_probe_init else []),
+           "--device", args.device,
            "--threads", str(args.threads), "--config", args.config]
     return out
 
@@ -262,6 +264,8 @@ def main(argv=None) -> int:
                         help="probe / fine-tune seeds (default 0 1 2)")
     parser.add_argument("--finetune-fractions", type=float, nargs="*", default=[0.1, 1.0])
     parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--finetune-probe-init", action="store_true",
+                        help="fine-tune from the linear probe of the initial encoder (LP-FT)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.parallel < 1:

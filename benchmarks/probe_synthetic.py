@@ -345,7 +345,7 @@ def evaluate_checkpoints(dataset, windows, checkpoints: Dict[int, str], args, de
         for source in result["sources"]:
             rows.setdefault(f"probe {source['name']}", []).extend(
                 _strip(r, pretrain_seed=pretrain_seed) for r in source["per_seed"])
-        options = FinetuneOptions(epochs=args.finetune_epochs, layer=parse_layer(args.layers[0]))
+        options = finetune_options(args)
         for fraction in args.finetune_fractions:
             name = f"fine-tune {fraction_name(fraction)} checkpoint"
             for seed in args.seeds:
@@ -355,6 +355,12 @@ def evaluate_checkpoints(dataset, windows, checkpoints: Dict[int, str], args, de
                     f"{run['best_epoch']}, test macro-F1 {run['macro_f1']:.3f}")
                 rows.setdefault(name, []).append(_strip(run, pretrain_seed=pretrain_seed))
     return rows
+
+
+def finetune_options(args) -> FinetuneOptions:
+    """The fine-tuning options of the command line (the first ``--layers`` entry is tuned)."""
+    return FinetuneOptions(epochs=args.finetune_epochs, layer=parse_layer(args.layers[0]),
+                           probe_init=args.finetune_probe_init)
 
 
 def evaluate_baselines(dataset, windows, architecture: str, args, device: str,
@@ -370,7 +376,7 @@ def evaluate_baselines(dataset, windows, architecture: str, args, device: str,
     rows: Dict[str, List[Dict[str, object]]] = {}
     for source in result["sources"]:
         rows[f"probe {source['name']}"] = [_strip(r) for r in source["per_seed"]]
-    options = FinetuneOptions(epochs=args.finetune_epochs, layer=parse_layer(args.layers[0]))
+    options = finetune_options(args)
     for fraction in args.finetune_fractions:
         name = f"fine-tune {fraction_name(fraction)} random-init"
         for seed in args.seeds:
@@ -517,6 +523,9 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-fractions", type=float, nargs="*", default=[0.1, 1.0],
                         help="fractions of the training windows to fine-tune on (none: skip)")
     parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--finetune-probe-init", action="store_true",
+                        help="start fine-tuning from the linear probe of the initial encoder "
+                        "(LP-FT) instead of a fresh head")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available), cpu or cuda, for probes, fine-tuning "
                         "and (cpu forces it) pre-training")

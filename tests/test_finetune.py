@@ -4,10 +4,12 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
-from meg2vec_fairseq.probing.classifier import stratified_subset
+from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+from meg2vec_fairseq.probing.classifier import fit_linear_probe, stratified_subset
 from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows
-from meg2vec_fairseq.probing.metrics import chance_levels
+from meg2vec_fairseq.probing.metrics import chance_levels, confusion_matrix
 from meg2vec_fairseq.probing.sources import build_random_model
 from meg2vec_fairseq.probing.windows import load_manifest_labels
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset
@@ -117,3 +119,39 @@ def test_bad_options_raise_one_line_value_errors(toy, kwargs, message):
     with pytest.raises(ValueError) as err:
         finetune(dataset, model, normalize, **kwargs)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_beats_it(toy):
+    """LP-FT: with nothing trainable (both learning rates 0) the run is the linear probe of
+    the initial encoder's pooled frames, epoch 0: the same test confusion as fitting
+    :func:`fit_linear_probe` on those features directly."""
+    from meg2vec_fairseq.probing import finetune as ft
+
+    dataset, yaml = toy
+    model, normalize = build_random_model(yaml, seed=0)
+    options = FinetuneOptions(epochs=2, batch_size=16, lr_encoder=0.0, lr_head=0.0,
+                              probe_init=True)
+    result = finetune(dataset, model, normalize, 1.0, seed=0, options=options)
+    assert len(result["valid_curve"]) == 3  # epoch 0 (the probe) + 2 epochs
+    assert result["valid_curve"][0] == result["valid_curve"][1] == result["valid_curve"][2]
+    assert result["best_epoch"] == 0
+
+    classifier = ft._Classifier(model, 2, None, normalize)
+    geometry = conv_frame_geometry(model.cfg.conv_feature_layers)
+    windows = read_windows(dataset)
+    features = {}
+    for split in ("train", "valid", "test"):
+        inputs, weights = [], []
+        for x, _y, pools, _order in windows[split].groups:
+            w = ft._pool_weights(pools, ft._frame_count(model, x.shape[-1]), *geometry)
+            inputs.append(torch.from_numpy(x))
+            weights.append(torch.from_numpy(w.astype(np.float32)))
+        features[split] = ft._pooled_features(classifier, windows[split], weights, inputs, 16)
+    probe = fit_linear_probe(features["train"], dataset.labels("train"), features["valid"],
+                             dataset.labels("valid"), 2, seed=0)
+    expected = confusion_matrix(dataset.labels("test"), probe.predict(features["test"]), 2)
+    assert result["confusion"] == expected.tolist()
+    plain = finetune(dataset, model, normalize, 1.0, seed=0,
+                     options=FinetuneOptions(epochs=2, batch_size=16, lr_encoder=0.0,
+                                             lr_head=0.0))
+    assert plain["best_epoch"] >= 1 and len(plain["valid_curve"]) == 2

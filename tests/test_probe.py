@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from meg2vec_fairseq.configs import load_pretraining_config
 from meg2vec_fairseq.errors import ProbeError
 from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
-from meg2vec_fairseq.probing.classifier import fit_and_score
+from meg2vec_fairseq.probing.classifier import fit_and_score, fit_linear_probe
 from meg2vec_fairseq.probing.libribrain_labels import load_libribrain
 from meg2vec_fairseq.probing.metrics import (
     balanced_accuracy,
@@ -474,3 +474,19 @@ def test_malformed_label_rows_are_errors_naming_the_line(synthetic, tmp_path, ro
     message = _cli_error(["--manifest", str(synthetic / "train.tsv"),
                           "--labels", str(labels), "--raw"])
     assert "line 4" in message and expected in message
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_weights_give_the_probe_s_predictions_on_raw_features(n_classes):
+    """The standardiser folded into (W, b): argmax(x W^T + b) is the probe's class."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=3.0, size=(n_classes, 5))
+    labels = {s: rng.integers(n_classes, size=n) for s, n in (("train", 90), ("valid", 60))}
+    features = {s: centres[y] + rng.normal(size=(len(y), 5)) * [1, 10, 0.1, 1, 5] + 7.0
+                for s, y in labels.items()}
+    probe = fit_linear_probe(features["train"], labels["train"], features["valid"],
+                             labels["valid"], n_classes)
+    weight, bias = probe.linear_weights()
+    assert weight.shape == (n_classes, 5) and bias.shape == (n_classes,)
+    logits = features["valid"] @ weight.T + bias
+    np.testing.assert_array_equal(logits.argmax(1), probe.predict(features["valid"]))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -101,6 +102,102 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(np.concatenate(keep))
 
 
+@dataclass
+class FittedProbe:
+    """A fitted linear probe: the standardiser and the logistic regression chosen on valid.
+
+    Attributes
+    ----------
+    scaler : sklearn.preprocessing.StandardScaler
+        Fitted on the training features.
+    classifier : sklearn.linear_model.LogisticRegression
+        The fit whose ``C`` scored best on the validation split.
+    C : float
+        That ``C``.
+    valid_macro_f1 : float
+        Its validation macro-F1.
+    """
+
+    scaler: object
+    classifier: object
+    C: float
+    valid_macro_f1: float
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Class of each ``(N, D)`` feature row."""
+        return self.classifier.predict(self.scaler.transform(features))
+
+    def linear_weights(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The probe as ``logits = features @ W.T + b`` on unstandardised features.
+
+        Returns
+        -------
+        weight : ndarray, shape (K, D)
+        bias : ndarray, shape (K,)
+            One row per class of ``classifier.classes_`` (the classes seen in training), the
+            standardisation folded in; for two classes, logistic regression's single score
+            ``z`` becomes logits ``(-z/2, z/2)`` (the same softmax probabilities).
+        """
+        coef = self.classifier.coef_ / self.scaler.scale_
+        intercept = self.classifier.intercept_ - coef @ self.scaler.mean_
+        if coef.shape[0] == 1:
+            coef = np.concatenate([-coef / 2, coef / 2])
+            intercept = np.concatenate([-intercept / 2, intercept / 2])
+        return coef, intercept
+
+
+def fit_linear_probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    n_classes: int,
+    seed: int = 0,
+    c_grid: Sequence[float] = DEFAULT_C_GRID,
+    max_iter: int = 2000,
+) -> FittedProbe:
+    """Standardise, fit a class-weighted logistic regression per ``C``, keep the best on valid.
+
+    Parameters
+    ----------
+    x_train, y_train : ndarray
+        ``(N, D)`` training features and ``(N,)`` labels (at least two classes).
+    x_valid, y_valid : ndarray
+        The validation split, which chooses ``C``.
+    n_classes : int
+        Number of classes (labels are ``0..n_classes-1``).
+    seed : int
+        Seed of the solver.
+    c_grid : sequence of float
+        Inverse regularisation strengths tried.
+    max_iter : int
+        Solver iterations per fit.
+
+    Returns
+    -------
+    FittedProbe
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_valid = scaler.transform(x_train), scaler.transform(x_valid)
+    best = None
+    for c in c_grid:
+        classifier = LogisticRegression(
+            C=c, class_weight="balanced", max_iter=max_iter, random_state=seed
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier.fit(x_train, y_train)
+        score = macro_f1(confusion_matrix(y_valid, classifier.predict(x_valid), n_classes))
+        if best is None or score > best[0]:
+            best = (score, c, classifier)
+    score, c, classifier = best
+    return FittedProbe(scaler, classifier, float(c), float(score))
+
+
 def fit_and_score(
     features: Dict[str, np.ndarray],
     labels: Dict[str, np.ndarray],
@@ -140,10 +237,6 @@ def fit_and_score(
         For impossible options (:func:`check_probe_options`), labels not matching the
         features, or a single class in training.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     check_probe_options(train_fraction, c_grid, [seed])
     for split in SPLITS:
         check_labels(features[split], labels[split], split)
@@ -154,31 +247,16 @@ def fit_and_score(
             "at least two"
         )
     subset = stratified_subset(labels["train"], train_fraction, seed)
-    x_train, y_train = features["train"][subset], labels["train"][subset]
-    scaler = StandardScaler().fit(x_train)
-    transformed = {s: scaler.transform(features[s]) for s in ("valid", "test")}
-    x_train = scaler.transform(x_train)
-    best = None
-    for c in c_grid:
-        classifier = LogisticRegression(
-            C=c, class_weight="balanced", max_iter=max_iter, random_state=seed
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            classifier.fit(x_train, y_train)
-        valid_pred = classifier.predict(transformed["valid"])
-        score = macro_f1(confusion_matrix(labels["valid"], valid_pred, n_classes))
-        if best is None or score > best[0]:
-            best = (score, c, classifier)
-    valid_score, c, classifier = best
-    matrix = confusion_matrix(labels["test"], classifier.predict(transformed["test"]), n_classes)
+    probe = fit_linear_probe(features["train"][subset], labels["train"][subset],
+                             features["valid"], labels["valid"], n_classes, seed, c_grid,
+                             max_iter)
+    matrix = confusion_matrix(labels["test"], probe.predict(features["test"]), n_classes)
     return {
         "seed": seed,
-        "C": float(c),
-        "valid_macro_f1": float(valid_score),
+        "C": probe.C,
+        "valid_macro_f1": probe.valid_macro_f1,
         "macro_f1": macro_f1(matrix),
         "balanced_accuracy": balanced_accuracy(matrix),
         "confusion": matrix.tolist(),
         "n_train": int(len(subset)),
     }
-

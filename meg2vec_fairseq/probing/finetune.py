@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import ProbeError
 from ..features import CNN_LAYER, check_layer, zscore_channels
 from ..models.meg2vec import conv_frame_geometry
-from .classifier import stratified_subset
+from .classifier import fit_linear_probe, stratified_subset
 from .metrics import balanced_accuracy, confusion_matrix, macro_f1
 from .pooling import pool_frames
 from .windows import SPLITS, LabelledDataset
@@ -35,6 +35,8 @@ class FinetuneOptions:
         Layer whose frames are pooled (None: the last Transformer layer).
     cnn_grad_mult : float
         Gradient scale into the conv feature encoder.
+    probe_init : bool
+        Initialise the head with the linear probe of the initial encoder (LP-FT).
     """
 
     epochs: int = 15
@@ -47,6 +49,12 @@ class FinetuneOptions:
     #: Gradient scale into the conv feature encoder. 1.0 (default) trains it fully, so a
     #: random-init model can learn its front end too (pre-training used 0.1; 0 freezes it).
     cnn_grad_mult: float = 1.0
+    #: Start the head from the linear probe of the initial encoder (LP-FT, Kumar et al., ICLR
+    #: 2022: a random head's first gradients distort pre-trained features; with few labels
+    #: the probe is also a strong starting point). The probe (the benchmark's logistic
+    #: regression, ``C`` chosen on valid) is fitted on the same training subset and pooled
+    #: frames; it counts as epoch 0, so fine-tuning keeps it unless an epoch beats it on valid.
+    probe_init: bool = False
 
     def check(self) -> None:
         """Check every option.
@@ -158,11 +166,14 @@ class _Classifier(nn.Module):
         output = self.model.extract_features(x, None, mask=False, layer=layer)
         return output["features"] if self.layer == CNN_LAYER else output["x"]
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``weights``: ``(B, T')`` pooling weights (rows sum to 1)."""
+    def pooled(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` span means; ``weights``: ``(B, T')`` pooling weights (rows sum to 1)."""
         frames = self.frames(x)
-        pooled = torch.einsum("bt,btd->bd", weights[:, : frames.shape[1]], frames)
-        return self.head(pooled)
+        return torch.einsum("bt,btd->bd", weights[:, : frames.shape[1]], frames)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_classes)``."""
+        return self.head(self.pooled(x, weights))
 
 
 def _pool_weights(
@@ -196,18 +207,50 @@ def _frame_count(model, length: int) -> int:
     return length
 
 
+def _pooled_features(
+    classifier: _Classifier, arrays: WindowArrays, weights: List[torch.Tensor],
+    inputs: List[torch.Tensor], batch_size: int,
+) -> np.ndarray:
+    """``(N, D)`` pooled features of a split's windows, in dataset order (eval mode)."""
+    classifier.eval()
+    features = None
+    with torch.no_grad():
+        for (_x, _y, _pools, order), x, w in zip(arrays.groups, inputs, weights):
+            for lo in range(0, len(x), batch_size):
+                pooled = classifier.pooled(x[lo : lo + batch_size], w[lo : lo + batch_size])
+                if features is None:
+                    features = np.zeros((arrays.n, pooled.shape[-1]), dtype=np.float32)
+                features[order[lo : lo + batch_size]] = pooled.float().cpu().numpy()
+    return features
+
+
 def _predict(
     classifier: _Classifier, arrays: WindowArrays, weights: List[torch.Tensor],
     inputs: List[torch.Tensor], batch_size: int,
 ) -> np.ndarray:
-    classifier.eval()
-    predictions = np.zeros(arrays.n, dtype=np.int64)
+    features = _pooled_features(classifier, arrays, weights, inputs, batch_size)
+    head = classifier.head
     with torch.no_grad():
-        for (_x, _y, _pools, order), x, w in zip(arrays.groups, inputs, weights):
-            for lo in range(0, len(x), batch_size):
-                logits = classifier(x[lo : lo + batch_size], w[lo : lo + batch_size])
-                predictions[order[lo : lo + batch_size]] = logits.argmax(-1).cpu().numpy()
-    return predictions
+        logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype))
+    return logits.argmax(-1).cpu().numpy()
+
+
+def _head_from_probe(
+    classifier: _Classifier, train_features: np.ndarray, train_labels: np.ndarray,
+    valid_features: np.ndarray, valid_labels: np.ndarray, n_classes: int, seed: int,
+) -> None:
+    """Set the head to the linear probe fitted on these pooled features (LP-FT)."""
+    probe = fit_linear_probe(train_features, train_labels, valid_features, valid_labels,
+                             n_classes, seed)
+    weight, bias = probe.linear_weights()  # one row per class seen in training
+    full_weight = np.zeros((n_classes, weight.shape[1]), dtype=np.float32)
+    # a class absent from the training subset stays unreachable, as it is for the probe
+    full_bias = np.full(n_classes, bias.min() - 30.0, dtype=np.float32)
+    rows = probe.classifier.classes_
+    full_weight[rows], full_bias[rows] = weight, bias
+    with torch.no_grad():
+        classifier.head.weight.copy_(torch.from_numpy(full_weight))
+        classifier.head.bias.copy_(torch.from_numpy(full_bias))
 
 
 def finetune(
@@ -246,8 +289,9 @@ def finetune(
     Returns
     -------
     dict
-        ``seed``, ``label_fraction``, ``n_train``, ``best_epoch`` (1-based),
-        ``valid_macro_f1`` (of that epoch), ``valid_curve``, test ``macro_f1``,
+        ``seed``, ``label_fraction``, ``n_train``, ``best_epoch`` (1-based; 0 = the
+        linear probe of ``probe_init``), ``valid_macro_f1`` (of that epoch), ``valid_curve``
+        (from epoch 0 with ``probe_init``), test ``macro_f1``,
         ``balanced_accuracy``, ``confusion``, ``options``.
 
     Raises
@@ -270,7 +314,9 @@ def finetune(
     ``lr_encoder`` 3e-4, head ``lr_head`` 1e-3: the head starts from scratch and needs the larger
     step), class-weighted cross-entropy, ``epochs`` passes; after each epoch the validation
     macro-F1 is measured and the best epoch's weights are kept; the test split is scored once,
-    with those weights.
+    with those weights. With ``options.probe_init`` the head starts as the linear probe
+    (:func:`~meg2vec_fairseq.probing.classifier.fit_linear_probe`) of the initial encoder's
+    pooled frames on the same training subset, scored as epoch 0 (LP-FT).
     """
     options = options or FinetuneOptions()
     check_fraction(label_fraction)
@@ -323,6 +369,19 @@ def finetune(
 
     best = (-1.0, 0, None)
     curve = []
+    if options.probe_init:  # epoch 0: the linear probe of the initial encoder
+        batch = options.batch_size
+        train_features = _pooled_features(classifier, windows["train"], data["train"][1],
+                                          data["train"][0], batch)[subset]
+        valid_features = _pooled_features(classifier, windows["valid"], data["valid"][1],
+                                          data["valid"][0], batch)
+        _head_from_probe(classifier, train_features, labels["train"][subset], valid_features,
+                         labels["valid"], n_classes, seed)
+        predictions = _predict(classifier, windows["valid"], data["valid"][1],
+                               data["valid"][0], batch)
+        score = macro_f1(confusion_matrix(labels["valid"], predictions, n_classes))
+        curve.append(score)
+        best = (score, 0, {k: v.detach().clone() for k, v in classifier.state_dict().items()})
     for epoch in range(1, options.epochs + 1):
         classifier.train()
         order = rng.permutation(len(chosen))
