@@ -124,6 +124,7 @@ def data_args(args) -> List[str]:
            "--finetune-fractions", *map(str, args.finetune_fractions),
            "--finetune-epochs", str(args.finetune_epochs),
            *(["--finetune-probe-init"] if args.finetune_probe_init else []),
+           "--finetune-pooling", args.finetune_pooling,
            "--device", args.device,
            "--threads", str(args.threads), "--config", args.config]
     return out
@@ -266,6 +267,7 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=15)
     parser.add_argument("--finetune-probe-init", action="store_true",
                         help="fine-tune from the linear probe of the initial encoder (LP-FT)")
+    parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="mean")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.parallel < 1:

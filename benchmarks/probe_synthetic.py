@@ -360,7 +360,8 @@ def evaluate_checkpoints(dataset, windows, checkpoints: Dict[int, str], args, de
 def finetune_options(args) -> FinetuneOptions:
     """The fine-tuning options of the command line (the first ``--layers`` entry is tuned)."""
     return FinetuneOptions(epochs=args.finetune_epochs, layer=parse_layer(args.layers[0]),
-                           probe_init=args.finetune_probe_init)
+                           probe_init=args.finetune_probe_init,
+                           pooling=args.finetune_pooling)
 
 
 def evaluate_baselines(dataset, windows, architecture: str, args, device: str,
@@ -526,6 +527,9 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-probe-init", action="store_true",
                         help="start fine-tuning from the linear probe of the initial encoder "
                         "(LP-FT) instead of a fresh head")
+    parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="mean",
+                        help="what the fine-tuning head reads of the span's frames (meanstd: "
+                        "as the linear probe)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available), cpu or cuda, for probes, fine-tuning "
                         "and (cpu forces it) pre-training")

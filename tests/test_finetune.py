@@ -155,3 +155,26 @@ def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_be
                      options=FinetuneOptions(epochs=2, batch_size=16, lr_encoder=0.0,
                                              lr_head=0.0))
     assert plain["best_epoch"] >= 1 and len(plain["valid_curve"]) == 2
+
+
+def test_meanstd_pooling_reads_each_feature_s_mean_and_std_over_the_span():
+    """The head sees ``[mean, std]`` of the selected frames, as the linear probe's pooling."""
+    from meg2vec_fairseq.probing import finetune as ft
+
+    class Frames(torch.nn.Module):  # stands in for the encoder: the input's frames as-is
+        cfg = type("cfg", (), {"encoder_embed_dim": 3, "conv_feature_layers": "[(3, 1, 1)]"})
+
+        def extract_features(self, x, padding_mask, mask, layer):
+            return {"x": x}
+
+    classifier = ft._Classifier(Frames(), 2, None, False, pooling="meanstd")
+    assert classifier.head.in_features == 6
+    frames = torch.randn(2, 5, 3)
+    weights = torch.tensor([[0, 0.5, 0.5, 0, 0], [0.25, 0.25, 0.25, 0.25, 0]])
+    pooled = classifier.pooled(frames, weights)
+    for b, chosen in enumerate((frames[0, 1:3], frames[1, :4])):
+        torch.testing.assert_close(pooled[b, :3], chosen.mean(0))
+        torch.testing.assert_close(pooled[b, 3:], chosen.std(0, unbiased=False), atol=1e-4,
+                                   rtol=1e-4)
+    with pytest.raises(ValueError, match="pooling must be one of mean, meanstd, got 'max'"):
+        FinetuneOptions(pooling="max").check()

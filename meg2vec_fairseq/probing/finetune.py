@@ -15,7 +15,7 @@ from ..features import CNN_LAYER, check_layer, zscore_channels
 from ..models.meg2vec import conv_frame_geometry
 from .classifier import fit_linear_probe, stratified_subset
 from .metrics import balanced_accuracy, confusion_matrix, macro_f1
-from .pooling import pool_frames
+from .pooling import POOLINGS, pool_frames
 from .windows import SPLITS, LabelledDataset
 
 
@@ -37,6 +37,8 @@ class FinetuneOptions:
         Gradient scale into the conv feature encoder.
     probe_init : bool
         Initialise the head with the linear probe of the initial encoder (LP-FT).
+    pooling : str
+        ``"mean"`` or ``"meanstd"`` of the span's frames.
     """
 
     epochs: int = 15
@@ -55,6 +57,10 @@ class FinetuneOptions:
     #: regression, ``C`` chosen on valid) is fitted on the same training subset and pooled
     #: frames; it counts as epoch 0, so fine-tuning keeps it unless an epoch beats it on valid.
     probe_init: bool = False
+    #: How the head reads the span's frames: ``"mean"`` (default) or ``"meanstd"`` (mean and
+    #: standard deviation of each feature, as the linear probe's default pooling: a change of
+    #: power over the span shows in the standard deviation, not in the mean).
+    pooling: str = "mean"
 
     def check(self) -> None:
         """Check every option.
@@ -75,6 +81,9 @@ class FinetuneOptions:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not self.cnn_grad_mult >= 0:
             raise ValueError(f"cnn_grad_mult must be >= 0, got {self.cnn_grad_mult!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got "
+                             f"{self.pooling!r}")
 
 
 def check_fraction(label_fraction: float) -> None:
@@ -147,17 +156,19 @@ def read_windows(dataset: LabelledDataset) -> Dict[str, WindowArrays]:
 
 
 class _Classifier(nn.Module):
-    """Encoder + linear head on the span-masked mean of one layer's frames."""
+    """Encoder + linear head on the span's mean (or mean and std) of one layer's frames."""
 
-    def __init__(self, model, n_classes: int, layer, normalize: bool) -> None:
+    def __init__(self, model, n_classes: int, layer, normalize: bool,
+                 pooling: str = "mean") -> None:
         super().__init__()
         self.model = model
         self.layer = layer
         self.normalize = normalize
+        self.pooling = pooling
         dim = model.cfg.encoder_embed_dim
         if layer == CNN_LAYER:
             dim = eval(model.cfg.conv_feature_layers)[-1][0]  # fairseq's own format
-        self.head = nn.Linear(dim, n_classes)
+        self.head = nn.Linear(2 * dim if pooling == "meanstd" else dim, n_classes)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:  # as the task and ModelSource.frames
@@ -169,7 +180,14 @@ class _Classifier(nn.Module):
     def pooled(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` span means; ``weights``: ``(B, T')`` pooling weights (rows sum to 1)."""
         frames = self.frames(x)
-        return torch.einsum("bt,btd->bd", weights[:, : frames.shape[1]], frames)
+        weights = weights[:, : frames.shape[1]]
+        mean = torch.einsum("bt,btd->bd", weights, frames)
+        if self.pooling == "mean":
+            return mean
+        # weighted variance over the same frames (the probe's population std); the small
+        # floor keeps the square root's gradient finite
+        variance = torch.einsum("bt,btd->bd", weights, (frames - mean[:, None]).pow(2))
+        return torch.cat([mean, (variance + 1e-8).sqrt()], dim=-1)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, n_classes)``."""
@@ -310,13 +328,13 @@ def finetune(
 
     Per run: a stratified ``label_fraction`` of the training windows (seeded); the model (a
     checkpoint's or fresh weights, deep-copied so the caller's model is untouched) and a linear
-    head on the mean over time of the chosen layer's frames inside the span; AdamW (encoder
-    ``lr_encoder`` 3e-4, head ``lr_head`` 1e-3: the head starts from scratch and needs the larger
-    step), class-weighted cross-entropy, ``epochs`` passes; after each epoch the validation
-    macro-F1 is measured and the best epoch's weights are kept; the test split is scored once,
-    with those weights. With ``options.probe_init`` the head starts as the linear probe
-    (:func:`~meg2vec_fairseq.probing.classifier.fit_linear_probe`) of the initial encoder's
-    pooled frames on the same training subset, scored as epoch 0 (LP-FT).
+    head on the mean (``pooling="meanstd"``: and std) of the chosen layer's frames inside the
+    span; AdamW (encoder ``lr_encoder`` 3e-4, head ``lr_head`` 1e-3: the head starts from
+    scratch and needs the larger step), class-weighted cross-entropy, ``epochs`` passes; after
+    each epoch the validation macro-F1 is measured and the best epoch's weights are kept; the
+    test split is scored once, with those weights. With ``options.probe_init`` the head starts
+    as the linear probe (:func:`~meg2vec_fairseq.probing.classifier.fit_linear_probe`) of the
+    initial encoder's pooled frames on the same training subset, scored as epoch 0 (LP-FT).
     """
     options = options or FinetuneOptions()
     check_fraction(label_fraction)
@@ -331,7 +349,8 @@ def finetune(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    classifier = _Classifier(_copy_model(model), n_classes, layer, normalize).to(device)
+    classifier = _Classifier(_copy_model(model), n_classes, layer, normalize,
+                             options.pooling).to(device)
     classifier.model.feature_grad_mult = options.cnn_grad_mult
 
     def tensors(split: str) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
