@@ -123,7 +123,7 @@ def data_args(args) -> List[str]:
            "--layers", *args.layers, "--seeds", *map(str, args.seeds),
            "--finetune-fractions", *map(str, args.finetune_fractions),
            "--finetune-epochs", str(args.finetune_epochs),
-           *(["--finetune-probe-init"] if args.finetune_probe_init else []),
+           "--finetune-probe-init" if args.finetune_probe_init else "--no-finetune-probe-init",
            "--finetune-pooling", args.finetune_pooling,
            "--device", args.device,
            "--threads", str(args.threads), "--config", args.config]
@@ -265,9 +265,11 @@ def main(argv=None) -> int:
                         help="probe / fine-tune seeds (default 0 1 2)")
     parser.add_argument("--finetune-fractions", type=float, nargs="*", default=[0.1, 1.0])
     parser.add_argument("--finetune-epochs", type=int, default=15)
-    parser.add_argument("--finetune-probe-init", action="store_true",
-                        help="fine-tune from the linear probe of the initial encoder (LP-FT)")
-    parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="mean")
+    parser.add_argument("--finetune-probe-init", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="fine-tune from the linear probe of the initial encoder (LP-FT, "
+                        "default) or from a fresh head (--no-)")
+    parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="meanstd")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.parallel < 1:

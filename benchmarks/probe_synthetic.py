@@ -524,12 +524,14 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-fractions", type=float, nargs="*", default=[0.1, 1.0],
                         help="fractions of the training windows to fine-tune on (none: skip)")
     parser.add_argument("--finetune-epochs", type=int, default=15)
-    parser.add_argument("--finetune-probe-init", action="store_true",
+    parser.add_argument("--finetune-probe-init", action=argparse.BooleanOptionalAction,
+                        default=True,
                         help="start fine-tuning from the linear probe of the initial encoder "
-                        "(LP-FT) instead of a fresh head")
-    parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="mean",
-                        help="what the fine-tuning head reads of the span's frames (meanstd: "
-                        "as the linear probe)")
+                        "(LP-FT; default since research round 12) or from a fresh head (--no-)")
+    parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="meanstd",
+                        help="what the fine-tuning head reads of the span's frames (meanstd, "
+                        "the default since research round 12: as the linear probe; mean: "
+                        "rounds 1-11)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available), cpu or cuda, for probes, fine-tuning "
                         "and (cpu forces it) pre-training")
