@@ -178,7 +178,8 @@ class _Classifier(nn.Module):
         return output["features"] if self.layer == CNN_LAYER else output["x"]
 
     def pooled(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` span means; ``weights``: ``(B, T')`` pooling weights (rows sum to 1)."""
+        """``(B, D)`` span means, or ``(B, 2 D)`` means then stds with ``"meanstd"``;
+        ``weights``: ``(B, T')`` pooling weights (rows sum to 1)."""
         frames = self.frames(x)
         weights = weights[:, : frames.shape[1]]
         mean = torch.einsum("bt,btd->bd", weights, frames)
