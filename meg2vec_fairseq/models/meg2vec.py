@@ -22,6 +22,9 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   ``target_band_power_seconds``; :mod:`.band_power`);
 * masked reconstruction of the (whitened) sensors under each frame
   (``target_reconstruction``; :mod:`.reconstruction`);
+* data2vec targets: regression of an EMA teacher's averaged top layers
+  (``target_teacher_layers``, ``target_teacher_decay``, ``target_teacher_end_decay``,
+  ``target_teacher_anneal_updates``; :mod:`.teacher`);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -39,7 +42,8 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      pretext_band_stop_loss, pretext_phase_shift_loss, pretext_amplitude_scale_loss,
      (only the enabled pretext families, in this order)
      band_power_loss,  (only with target_band_power)
-     reconstruction_loss]  (only with target_reconstruction)
+     reconstruction_loss,  (only with target_reconstruction)
+     teacher_loss]  (only with target_teacher_layers)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
 ``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
@@ -79,6 +83,7 @@ from .pretext import PretextTasks, parse_bands
 from .reconstruction import SensorReconstructionTargets
 from .spatial_filter import PrincipalSubspaceWhitening
 from .targets import CROP_NORMS, RandomProjectionQuantizer
+from .teacher import TeacherTargets
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
 # receptive field 60 samples (240 ms). See docs/pretraining.md (frame rate, crops and masks).
@@ -243,6 +248,35 @@ class Meg2VecConfig(Wav2Vec2Config):
             "loss after the band-power loss (add its criterion.loss_weights entry)"
         },
     )
+    target_teacher_layers: int = field(
+        default=0,
+        metadata={
+            "help": "data2vec targets: if > 0, a teacher copy of the Transformer (an exponential "
+            "moving average of the student's) reads the unmasked features, and a linear head on "
+            "the student's output of each masked frame regresses the mean of the teacher's last "
+            "this-many layers (feed-forward outputs, each instance-normalised over time); an "
+            "extra loss after the reconstruction loss (add its criterion.loss_weights entry). "
+            "1..encoder_layers, 0 = off"
+        },
+    )
+    target_teacher_decay: float = field(
+        default=0.999,
+        metadata={"help": "EMA decay of target_teacher_layers' teacher at the start, in (0, 1]"},
+    )
+    target_teacher_end_decay: float = field(
+        default=0.9999,
+        metadata={
+            "help": "EMA decay of the teacher after target_teacher_anneal_updates (linear "
+            "from target_teacher_decay), in [target_teacher_decay, 1]"
+        },
+    )
+    target_teacher_anneal_updates: int = field(
+        default=30000,
+        metadata={
+            "help": "updates over which the teacher's decay goes from target_teacher_decay to "
+            "target_teacher_end_decay (data2vec: 30000 for the base model; >= 0)"
+        },
+    )
     negatives_max_distance: int = field(
         default=0,
         metadata={
@@ -385,6 +419,18 @@ class Meg2VecModel(Wav2Vec2Model):
                 stride=stride,
                 whiten=getattr(cfg, "target_whiten", 0.0),
             )
+        self.teacher: Optional[TeacherTargets] = None
+        if getattr(cfg, "target_teacher_layers", 0) > 0:
+            self.teacher = TeacherTargets(
+                self.encoder,
+                cfg,
+                embed_dim=cfg.encoder_embed_dim,
+                top_layers=cfg.target_teacher_layers,
+                decay=cfg.target_teacher_decay,
+                end_decay=cfg.target_teacher_end_decay,
+                anneal_updates=cfg.target_teacher_anneal_updates,
+            )
+        self._teacher_input: Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]] = None
         if cfg.target_codebook_size > 0:
             receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
             self.quantizer = RandomProjectionQuantizer(
@@ -470,7 +516,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 source = mask_sensors(source, self.cfg.mask_sensors_prob)
             captured: List[torch.Tensor] = []
             handle = None
-            if (labels and view is None) or regressions:
+            if (labels and view is None) or regressions or self.teacher is not None:
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
                 )
@@ -488,9 +534,15 @@ class Meg2VecModel(Wav2Vec2Model):
                 result.update(self.pretext(captured[-1], result["padding_mask"], labels))
             for name, head, targets in regressions:
                 result[f"{name}_loss"] = head.loss(captured[-1], self._mask_indices, targets)
+            if self.teacher is not None:
+                targets = self.teacher.targets(*self._teacher_input)
+                result["teacher_loss"] = self.teacher.loss(
+                    captured[-1], self._mask_indices, targets
+                )
             return result
         finally:
             self._mask_indices = None
+            self._teacher_input = None
             if isinstance(self.quantizer, RandomProjectionQuantizer):
                 self.quantizer.clear()
 
@@ -507,6 +559,7 @@ class Meg2VecModel(Wav2Vec2Model):
             or cfg.negatives_max_distance > 0
             or cfg.mask_sensors_prob > 0
             or bool(self._regression_heads())
+            or self.teacher is not None
         )
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
@@ -517,6 +570,9 @@ class Meg2VecModel(Wav2Vec2Model):
         cast back (a no-op in float32).
         """
         dtype = x.dtype
+        if self.teacher is not None:  # the teacher reads the same features, unmasked
+            # (a copy: fairseq writes mask_emb into x in place)
+            self._teacher_input = (x.detach().clone(), padding_mask)
         x, mask_indices = super().apply_mask(
             x.to(self.mask_emb.dtype),
             padding_mask,
@@ -573,8 +629,9 @@ class Meg2VecModel(Wav2Vec2Model):
 
     def get_extra_losses(self, net_output) -> List[Optional[torch.Tensor]]:
         """fairseq's ``[diversity, features_pen]``, one loss per enabled pretext family, then
-        the band-power loss (``target_band_power``) and the reconstruction loss
-        (``target_reconstruction``) when they are on.
+        the band-power loss (``target_band_power``), the reconstruction loss
+        (``target_reconstruction``) and the teacher loss (``target_teacher_layers``) when
+        they are on.
 
         Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
         phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
@@ -584,7 +641,15 @@ class Meg2VecModel(Wav2Vec2Model):
         if self.pretext is not None:
             losses.extend(net_output.get(f"pretext_{name}_loss") for name in self.pretext.names)
         losses.extend(net_output.get(f"{name}_loss") for name, _ in self._regression_heads())
+        if self.teacher is not None:
+            losses.append(net_output.get("teacher_loss"))
         return losses
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """fairseq's update count, and one EMA step of the data2vec teacher per new update."""
+        super().set_num_updates(num_updates)
+        if self.teacher is not None and self.training:
+            self.teacher.step(self.encoder, num_updates)
 
     def remove_pretraining_modules(self, last_layer=None) -> None:
         """fairseq's removal of the pre-training modules, plus the pretext heads."""
@@ -592,6 +657,7 @@ class Meg2VecModel(Wav2Vec2Model):
         self.pretext = None
         self.band_power = None
         self.reconstruction = None
+        self.teacher = None
 
 
 def pretext_enabled(cfg: Meg2VecConfig) -> bool:
@@ -686,6 +752,18 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
                 fail(f"negatives_max_distance={cfg.negatives_max_distance} does not support {name}")
     if not 0 <= cfg.mask_sensors_prob < 1:
         fail(f"mask_sensors_prob={cfg.mask_sensors_prob}: must be in [0, 1)")
+    teacher_layers = getattr(cfg, "target_teacher_layers", 0)
+    if not 0 <= teacher_layers <= cfg.encoder_layers:
+        fail(f"target_teacher_layers={teacher_layers}: must be in 0..{cfg.encoder_layers} "
+             "(encoder_layers; 0 = off)")
+    if teacher_layers > 0:
+        start, end = cfg.target_teacher_decay, cfg.target_teacher_end_decay
+        if not 0 < start <= 1:
+            fail(f"target_teacher_decay={start}: must be in (0, 1]")
+        if not start <= end <= 1:
+            fail(f"target_teacher_end_decay={end}: must be in [target_teacher_decay={start}, 1]")
+        if cfg.target_teacher_anneal_updates < 0:
+            fail(f"target_teacher_anneal_updates={cfg.target_teacher_anneal_updates}: must be >= 0")
     return bands
 
 
