@@ -71,8 +71,7 @@ from meg2vec_fairseq.probing.sources import (  # noqa: E402
 from meg2vec_fairseq.probing.windows import SPLITS, load_manifest_labels  # noqa: E402
 from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset  # noqa: E402
 
-TRAIN_KEYS = ("loss", "accuracy", "prob_perplexity", "code_perplexity", "temp", "lr",
-              "loss_0", "loss_1", "loss_2")
+TRAIN_KEYS = ("loss", "accuracy", "prob_perplexity", "code_perplexity", "temp", "lr")
 TASKS = ("event", "state")
 PROBE_SEGMENT_SECONDS = 10.0  # probe segments: long enough for full context around spans
 def generator_config(args) -> SyntheticMEGConfig:
@@ -258,6 +257,12 @@ def read_log(log_path: str) -> Dict[str, object]:
     return {"command": command, "wall_s": None, "log": log}
 
 
+def logged_values(record: Dict[str, object]) -> Dict[str, object]:
+    """``TRAIN_KEYS`` and every criterion term ``loss_<i>`` (one per extra loss) of a log line."""
+    terms = sorted((k for k in record if k.startswith("loss_")), key=lambda k: int(k[5:]))
+    return {k: record.get(k) for k in (*TRAIN_KEYS, *terms)}
+
+
 def training_summary(training: Dict[str, object]) -> Dict[str, object]:
     """Updates, wall time, final train/valid values and the highest prob perplexity."""
     train_log = training["log"]["train_inner"]
@@ -266,8 +271,8 @@ def training_summary(training: Dict[str, object]) -> Dict[str, object]:
     return {
         "updates": last.get("num_updates"),
         "wall_s": training["wall_s"],
-        "final_train": {k: last.get(k) for k in TRAIN_KEYS},
-        "final_valid": {k: last_valid.get(k) for k in TRAIN_KEYS},
+        "final_train": logged_values(last),
+        "final_valid": logged_values(last_valid),
         "max_prob_perplexity": max((r.get("prob_perplexity", 0) for r in train_log),
                                    default=None),
         "command": training["command"],

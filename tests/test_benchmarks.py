@@ -72,3 +72,18 @@ def test_spatial_probe_runs_every_view(tmp_path):
                            str(tmp_path)], timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert str(tmp_path) in missing.stderr
+
+
+def test_training_summary_keeps_every_criterion_term():
+    """One ``loss_<i>`` per extra loss: a fourth term (e.g. the teacher loss) is not dropped."""
+    sys.path.insert(0, "benchmarks")
+    import probe_synthetic
+
+    line = {"num_updates": 600, "loss": 4.3, "accuracy": 0.4, "loss_0": 2.7, "loss_1": 1.05,
+            "loss_2": 0.04, "loss_3": 0.5, "loss_10": 0.1}
+    training = {"command": ["fairseq-hydra-train"], "wall_s": None,
+                "log": {"train_inner": [line], "valid": [line], "train": []}}
+    summary = probe_synthetic.training_summary(training)
+    assert summary["final_train"]["loss_3"] == 0.5 and summary["final_valid"]["loss_10"] == 0.1
+    assert list(summary["final_train"])[-5:] == ["loss_0", "loss_1", "loss_2", "loss_3", "loss_10"]
+    assert summary["updates"] == 600

@@ -43,7 +43,7 @@ def test_teacher_starts_as_the_student_and_gets_no_gradient():
     assert len(extra) == 3  # diversity, features_pen, teacher
     torch.testing.assert_close(extra[2], out["teacher_loss"])
     loss, _, logging = criterion([1.0, 10, 1.0])(model, sample())
-    assert torch.isfinite(loss) and logging["loss_2"] > 0
+    assert torch.isfinite(loss) and logging["loss_3"] > 0  # loss_0 is the contrastive loss
     loss.backward()
     assert model.teacher.head.weight.grad.abs().sum() > 0
     assert model.encoder.layers[0].fc1.weight.grad.abs().sum() > 0  # the student learns
@@ -175,7 +175,7 @@ def test_hydra_train_moves_the_teacher_and_saves_it(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     train = parse_fairseq_log(log, "train")
-    assert train and train[-1]["num_updates"] == 4 and np.isfinite(train[-1]["loss_2"])
+    assert train and train[-1]["num_updates"] == 4 and np.isfinite(train[-1]["loss_3"])
     state = torch.load(tmp_path / "checkpoints" / "checkpoint_last.pt", weights_only=False)
     weights = state["model"]
     name = "layers.0.fc1.weight"
