@@ -69,7 +69,8 @@ def toy(tmp_path_factory):
 def test_finetuning_a_random_init_tiny_model_beats_chance(toy):
     dataset, yaml = toy
     model, normalize = build_random_model(yaml, seed=0)
-    options = FinetuneOptions(epochs=8, batch_size=16, lr_encoder=1e-3, lr_head=3e-3)
+    options = FinetuneOptions(epochs=8, batch_size=16, lr_encoder=1e-3, lr_head=3e-3,
+                              probe_init=False, pooling="mean")  # fine-tuning alone learns
     result = finetune(dataset, model, normalize, 1.0, seed=0, options=options)
     chance = chance_levels(dataset.labels("test"), 2)
     assert result["balanced_accuracy"] > chance["balanced_accuracy"] + 0.2, result
@@ -130,7 +131,7 @@ def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_be
     dataset, yaml = toy
     model, normalize = build_random_model(yaml, seed=0)
     options = FinetuneOptions(epochs=2, batch_size=16, lr_encoder=0.0, lr_head=0.0,
-                              probe_init=True)
+                              probe_init=True, pooling="mean")
     result = finetune(dataset, model, normalize, 1.0, seed=0, options=options)
     assert len(result["valid_curve"]) == 3  # epoch 0 (the probe) + 2 epochs
     assert result["valid_curve"][0] == result["valid_curve"][1] == result["valid_curve"][2]
@@ -153,8 +154,14 @@ def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_be
     assert result["confusion"] == expected.tolist()
     plain = finetune(dataset, model, normalize, 1.0, seed=0,
                      options=FinetuneOptions(epochs=2, batch_size=16, lr_encoder=0.0,
-                                             lr_head=0.0))
+                                             lr_head=0.0, probe_init=False))
     assert plain["best_epoch"] >= 1 and len(plain["valid_curve"]) == 2
+    # the defaults are LP-FT on mean+std pooled frames (the research log's fine-tuning result)
+    default = finetune(dataset, model, normalize, 1.0, seed=0,
+                       options=FinetuneOptions(epochs=1, batch_size=16, lr_encoder=0.0,
+                                               lr_head=0.0))
+    assert len(default["valid_curve"]) == 2 and default["best_epoch"] == 0
+    assert FinetuneOptions().pooling == "meanstd"
 
 
 def test_meanstd_pooling_reads_each_feature_s_mean_and_std_over_the_span():

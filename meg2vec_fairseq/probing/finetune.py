@@ -56,11 +56,13 @@ class FinetuneOptions:
     #: the probe is also a strong starting point). The probe (the benchmark's logistic
     #: regression, ``C`` chosen on valid) is fitted on the same training subset and pooled
     #: frames; it counts as epoch 0, so fine-tuning keeps it unless an epoch beats it on valid.
-    probe_init: bool = False
-    #: How the head reads the span's frames: ``"mean"`` (default) or ``"meanstd"`` (mean and
-    #: standard deviation of each feature, as the linear probe's default pooling: a change of
-    #: power over the span shows in the standard deviation, not in the mean).
-    pooling: str = "mean"
+    #: On by default with ``pooling="meanstd"``: with 10 % of the labels only the two together
+    #: put a pre-trained encoder above random-init (docs/pretraining_research.md, LP-FT).
+    probe_init: bool = True
+    #: How the head reads the span's frames: ``"meanstd"`` (default: mean and standard
+    #: deviation of each feature, as the linear probe's default pooling; a change of power over
+    #: the span shows in the standard deviation, not in the mean) or ``"mean"``.
+    pooling: str = "meanstd"
 
     def check(self) -> None:
         """Check every option.
@@ -329,11 +331,11 @@ def finetune(
 
     Per run: a stratified ``label_fraction`` of the training windows (seeded); the model (a
     checkpoint's or fresh weights, deep-copied so the caller's model is untouched) and a linear
-    head on the mean (``pooling="meanstd"``: and std) of the chosen layer's frames inside the
-    span; AdamW (encoder ``lr_encoder`` 3e-4, head ``lr_head`` 1e-3: the head starts from
-    scratch and needs the larger step), class-weighted cross-entropy, ``epochs`` passes; after
-    each epoch the validation macro-F1 is measured and the best epoch's weights are kept; the
-    test split is scored once, with those weights. With ``options.probe_init`` the head starts
+    head on the mean and std (``pooling="mean"``: the mean) of the chosen layer's frames inside
+    the span; AdamW (encoder ``lr_encoder`` 3e-4, head ``lr_head`` 1e-3: a fresh head needs the
+    larger step), class-weighted cross-entropy, ``epochs`` passes; after each epoch the
+    validation macro-F1 is measured and the best epoch's weights are kept; the test split is
+    scored once, with those weights. With ``options.probe_init`` (the default) the head starts
     as the linear probe (:func:`~meg2vec_fairseq.probing.classifier.fit_linear_probe`) of the
     initial encoder's pooled frames on the same training subset, scored as epoch 0 (LP-FT).
     """
