@@ -252,7 +252,8 @@ class Meg2VecConfig(Wav2Vec2Config):
         default=0,
         metadata={
             "help": "data2vec targets: if > 0, a teacher copy of the Transformer (an exponential "
-            "moving average of the student's) reads the unmasked features, and a linear head on "
+            "moving average of the student's) reads the student's CNN features before time "
+            "masking (after sensor masking, as the student), and a linear head on "
             "the student's output of each masked frame regresses the mean of the teacher's last "
             "this-many layers (feed-forward outputs, each instance-normalised over time); an "
             "extra loss after the reconstruction loss (add its criterion.loss_weights entry). "
@@ -652,7 +653,8 @@ class Meg2VecModel(Wav2Vec2Model):
             self.teacher.step(self.encoder, num_updates)
 
     def remove_pretraining_modules(self, last_layer=None) -> None:
-        """fairseq's removal of the pre-training modules, plus the pretext heads."""
+        """fairseq's removal of the pre-training modules, plus the pretext heads, the
+        regression heads and the data2vec teacher."""
         super().remove_pretraining_modules(last_layer=last_layer)
         self.pretext = None
         self.band_power = None

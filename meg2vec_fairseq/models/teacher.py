@@ -2,7 +2,8 @@
 
 After data2vec (Baevski et al. 2022; fairseq ``examples/data2vec``, ``ema_transformer_only``):
 a teacher copy of the Transformer, updated as an exponential moving average of the student's,
-reads the student's unmasked CNN features; its top ``K`` layers' feed-forward outputs, each
+reads the student's CNN features before time masking (with ``mask_sensors_prob``, of the same
+sensor-masked input as the student); its top ``K`` layers' feed-forward outputs, each
 instance-normalised over time, are averaged into one ``(B, T', D)`` target per frame; a linear
 head on the student's Transformer output of the *masked* frames regresses them. The targets are
 contextual (each frame's target sees the whole crop), unlike the frozen random-projection codes
