@@ -11,11 +11,7 @@ MAX_UPDATE=${2:-1500}
 BUDGET=${3:-3}
 VARIANTS=${4:-benchmarks/variants_objectives.json}
 mkdir -p "$OUT"
-if ! python3 -c "import fairseq" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-fi
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-export PYTHONWARNINGS=ignore::FutureWarning
+source "$(dirname "$0")/gpu_env.sh"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; date -u) \
   > "$OUT/machine.txt" 2>&1
 
