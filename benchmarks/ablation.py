@@ -271,6 +271,12 @@ def main(argv=None) -> int:
                         "default) or from a fresh head (--no-)")
     parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="meanstd")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--pretrain-only", action="store_true",
+                        help="pre-train and stop (no probes, no table): e.g. on a GPU visit, "
+                        "evaluated later with --reuse-checkpoints")
+    parser.add_argument("--reuse-checkpoints", action="store_true",
+                        help="skip the pre-training of runs whose OUT/runs/<variant>-s<k>/"
+                        "seed-<k>/checkpoints/checkpoint_last.pt exists (with its pretrain.log)")
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
@@ -324,8 +330,16 @@ def main(argv=None) -> int:
             print(f"# {job['name']}\n{' '.join(job['command'])}")
         return 0
     start = time.time()
-    print(f"pre-training {len(pretrain_jobs)} run(s), {args.parallel} at a time ...", flush=True)
-    run_jobs(pretrain_jobs, args.parallel, args.threads)
+    if args.reuse_checkpoints:
+        for job in pretrain_jobs:
+            if os.path.isfile(os.path.join(os.path.dirname(job["log"]), "checkpoints",
+                                           "checkpoint_last.pt")):
+                job.update(rc=0, wall_s=0.0, reused=True)
+    todo = [job for job in pretrain_jobs if not job.get("reused")]
+    print(f"pre-training {len(todo)} run(s), {args.parallel} at a time ...", flush=True)
+    run_jobs(todo, args.parallel, args.threads)
+    if args.pretrain_only:
+        return 1 if any(job["rc"] for job in pretrain_jobs) else 0
     failed = {job["name"] for job in pretrain_jobs if job["rc"] != 0}
     eval_jobs = [job for job in eval_jobs
                  if job["name"].replace("evaluate", "pretrain", 1) not in failed]

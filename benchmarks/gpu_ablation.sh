@@ -13,6 +13,8 @@
 #   random-init, until DEADLINE_S seconds after the start (default 520); unfinished jobs are cut.
 # Brings back in OUT: summary.txt (the tables), results.tgz (every JSON and log, no weights) and
 # ckpt-<setting>-<variant>.tar (the checkpoints of the SAVE_VARIANTS without optimizer state).
+# PRETRAIN_ONLY=1: phase 1 pre-trains only (evaluate the brought-back checkpoints elsewhere with
+#   ablation.py --reuse-checkpoints); phase 2 is skipped.
 # Try it on CPU first: DEVICE=cpu bash benchmarks/gpu_ablation.sh /tmp/o 3 V "1" 400
 set -u
 OUT=${1:?usage: gpu_ablation.sh OUT MAX_UPDATE VARIANTS "SEEDS" [DEADLINE_S]}
@@ -48,7 +50,8 @@ for s in $SETTINGS; do
     --data-dir "$WORK/data" --variants "$VARIANTS" --pretrain-seeds $SEEDS \
     --max-update "$MAX_UPDATE" --budget-minutes "$BUDGET_MINUTES" --parallel $per_setting \
     --threads 1 --device "$DEVICE" --set dataset.num_workers=0 --seeds 0 1 2 \
-    --finetune-fractions $(setting_args $s) > "$WORK/ablation-$s.txt" 2>&1 &
+    --finetune-fractions $(setting_args $s) ${PRETRAIN_ONLY:+--pretrain-only} \
+    > "$WORK/ablation-$s.txt" 2>&1 &
 done
 wait
 echo "phase 1 done at $(( $(date +%s) - START )) s" | tee -a "$OUT/summary.txt"
@@ -83,6 +86,7 @@ for s in $SETTINGS; do
     >> "$jobs_file"
 done
 left=$(( DEADLINE - ($(date +%s) - START) - 20 ))
+[ -z "${PRETRAIN_ONLY:-}" ] || left=0
 if [ $left -gt 30 ]; then
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
   # random-init first: without it the checkpoints' numbers have nothing to compare with

@@ -1,0 +1,67 @@
+"""benchmarks/ablation.py: which pre-training jobs run (no training here: jobs are recorded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+
+import ablation  # noqa: E402
+
+
+@pytest.fixture
+def recorded(monkeypatch, tmp_path):
+    """Record every batch of jobs instead of running it; fake the generated data."""
+    batches = []
+
+    def fake_run_jobs(jobs, parallel, threads):
+        batches.append([job["name"] for job in jobs])
+        for job in jobs:
+            job["rc"], job["wall_s"] = 0, 0.0
+
+    monkeypatch.setattr(ablation, "run_jobs", fake_run_jobs)
+    monkeypatch.setattr(ablation.ps, "prepare_data", lambda args: {
+        "dir": str(tmp_path / "data"), "pretrain": str(tmp_path / "data" / "pretrain")})
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({"shipped": [], "other": ["model.mask_length=2"]}))
+    return batches, str(variants), tmp_path
+
+
+def test_pretrain_only_runs_every_pretraining_and_no_evaluation(recorded):
+    batches, variants, tmp_path = recorded
+    out = tmp_path / "abl"
+    rc = ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1", "2",
+                        "--pretrain-only"])
+    assert rc == 0
+    assert batches == [["pretrain shipped seed 1", "pretrain shipped seed 2",
+                        "pretrain other seed 1", "pretrain other seed 2"]]
+    assert not (out / "ablation.json").exists()
+
+
+def test_reuse_checkpoints_skips_the_runs_that_have_one(recorded):
+    batches, variants, tmp_path = recorded
+    out = tmp_path / "abl"
+    checkpoints = out / "runs" / "other-s2" / "seed-2" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "checkpoint_last.pt").write_bytes(b"")
+    rc = ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1", "2",
+                        "--reuse-checkpoints", "--pretrain-only"])
+    assert rc == 0
+    assert batches == [["pretrain shipped seed 1", "pretrain shipped seed 2",
+                        "pretrain other seed 1"]]
+
+
+def test_without_reuse_every_run_trains_again(recorded):
+    batches, variants, tmp_path = recorded
+    out = tmp_path / "abl"
+    checkpoints = out / "runs" / "shipped-s1" / "seed-1" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "checkpoint_last.pt").write_bytes(b"")
+    ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1",
+                   "--pretrain-only"])
+    assert batches == [["pretrain shipped seed 1", "pretrain other seed 1"]]
