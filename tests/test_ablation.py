@@ -32,6 +32,13 @@ def recorded(monkeypatch, tmp_path):
     return batches, str(variants), tmp_path
 
 
+def touch_checkpoint(out, run: str, seed: int) -> None:
+    """An (empty) checkpoint where ablation.py puts the run's last one."""
+    checkpoints = out / "runs" / f"{run}-s{seed}" / f"seed-{seed}" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "checkpoint_last.pt").write_bytes(b"")
+
+
 def test_pretrain_only_runs_every_pretraining_and_no_evaluation(recorded):
     batches, variants, tmp_path = recorded
     out = tmp_path / "abl"
@@ -46,9 +53,7 @@ def test_pretrain_only_runs_every_pretraining_and_no_evaluation(recorded):
 def test_reuse_checkpoints_skips_the_runs_that_have_one(recorded):
     batches, variants, tmp_path = recorded
     out = tmp_path / "abl"
-    checkpoints = out / "runs" / "other-s2" / "seed-2" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "checkpoint_last.pt").write_bytes(b"")
+    touch_checkpoint(out, "other", 2)
     rc = ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1", "2",
                         "--reuse-checkpoints", "--pretrain-only"])
     assert rc == 0
@@ -59,9 +64,7 @@ def test_reuse_checkpoints_skips_the_runs_that_have_one(recorded):
 def test_without_reuse_every_run_trains_again(recorded):
     batches, variants, tmp_path = recorded
     out = tmp_path / "abl"
-    checkpoints = out / "runs" / "shipped-s1" / "seed-1" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "checkpoint_last.pt").write_bytes(b"")
+    touch_checkpoint(out, "shipped", 1)
     ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1",
                    "--pretrain-only"])
     assert batches == [["pretrain shipped seed 1", "pretrain other seed 1"]]
