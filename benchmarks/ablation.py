@@ -276,7 +276,8 @@ def main(argv=None) -> int:
                         "evaluated later with --reuse-checkpoints")
     parser.add_argument("--reuse-checkpoints", action="store_true",
                         help="skip the pre-training of runs whose OUT/runs/<variant>-s<k>/"
-                        "seed-<k>/checkpoints/checkpoint_last.pt exists (with its pretrain.log)")
+                        "seed-<k>/checkpoints/checkpoint_last.pt exists; the evaluation reads "
+                        "the pretrain.log beside checkpoints/, so bring that back too")
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
