@@ -30,6 +30,8 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     assert model.target_codebook_size == 1024
     assert model.extractor_mode == "layer_norm"
     assert 0 < model.mask_sensors_prob < 1
+    # centred, not z-scored, crops before the projection keep sustained power (round 18)
+    assert model.target_crop_norm == "center"
     # listed (so plain `model.key=value` overrides work without '+') and off
     assert model.pretext_band_stop == ""
     assert model.pretext_phase_shift_classes == 0

@@ -191,7 +191,8 @@ class Meg2VecConfig(Wav2Vec2Config):
             "help": "per-sensor normalisation of each crop before the random projection of "
             "target_codebook_size: 'zscore' (the codes ignore each sensor's power in the crop) "
             "or 'center' (mean removed only: segments are z-scored per recording by "
-            "make_manifest, so the codes also follow sustained changes of sensor power)"
+            "make_manifest, so the codes also follow sustained changes of sensor power; "
+            "the shipped configs use it)"
         },
     )
     target_whiten: float = field(
