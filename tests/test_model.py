@@ -122,6 +122,36 @@ def test_output_lengths_match_the_convolutions(stack):
 
 
 @pytest.mark.parametrize("stack", STACKS)
+def test_residual_stack_keeps_the_output_lengths(stack):
+    model = build_meg2vec(in_channels=8, conv_feature_layers=stack, conv_residual=True)
+    for length in (64, 333, 1250):
+        actual = model.feature_extractor(torch.randn(1, 8, length)).shape[-1]
+        assert int(model._get_feat_extract_output_lengths(torch.tensor(length))) == actual
+
+
+def test_residual_path_carries_the_first_layer_past_the_deeper_ones():
+    stack = "[(16, 10, 5), (16, 3, 2), (16, 3, 1)]"
+    source = torch.randn(2, 8, 400)
+    outputs = {}
+    for residual in (False, True):
+        torch.manual_seed(0)
+        model = build_meg2vec(in_channels=8, conv_feature_layers=stack, conv_residual=residual,
+                              extractor_mode="layer_norm")
+        blocks = model.feature_extractor.conv_layers
+        with torch.no_grad():
+            for block in blocks[1:]:  # deeper convs silent: LayerNorm(0) = 0, GELU(0) = 0
+                block[0].weight.zero_()
+            first = blocks[0](source)
+            outputs[residual] = model.feature_extractor(source)
+    assert torch.count_nonzero(outputs[False]) == 0
+    # each silent block passes on its input averaged over its own window and stride
+    expected = torch.nn.functional.avg_pool1d(
+        torch.nn.functional.avg_pool1d(first, 3, 2), 3, 1
+    )
+    torch.testing.assert_close(outputs[True], expected)
+
+
+@pytest.mark.parametrize("stack", STACKS)
 def test_padded_batch_gives_the_right_frame_padding_mask(stack):
     model = build_meg2vec(in_channels=8, conv_feature_layers=stack).eval()
     lengths = [1250, 900, 513]

@@ -739,6 +739,8 @@ def test_model_in_bfloat16_trains(options):
         ({"target_band_power": "1-4"}, "target_band_power='1-4'"),
         ({"target_band_power": "[(1,4)]", "target_band_power_seconds": 0.0},
          "target_band_power_seconds=0.0"),
+        ({"conv_residual": True, "conv_feature_layers": "[(32, 10, 5), (16, 3, 2)]"},
+         r"conv_residual=True: convolution 2 of conv_feature_layers maps dim 32 to 16"),
     ],
 )
 def test_bad_options_are_one_line_errors_at_build(options, message):

@@ -28,7 +28,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
-  the sensors (``input_subspace_rank``, ``input_subspace_shrinkage``; :mod:`.spatial_filter`).
+  the sensors (``input_subspace_rank``, ``input_subspace_shrinkage``; :mod:`.spatial_filter`);
+* a residual path past each convolution after the first (``conv_residual``).
 
 They hook into fairseq's own methods (``forward`` wrapped, ``apply_mask``,
 ``sample_negatives``, ``get_extra_losses``, ``remove_pretraining_modules`` extended, the
@@ -77,6 +78,7 @@ from fairseq.models.wav2vec.wav2vec2 import (
 from omegaconf import II
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
+from torch.nn import functional as F
 
 from .band_power import BandPowerTargets
 from .pretext import PretextTasks, parse_bands
@@ -107,6 +109,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "help": "string describing the convolutional feature encoder as a list of "
             "(dim, kernel_size, stride) tuples; the first conv reads in_channels sensors. "
             "Frame rate = sample_rate / prod(strides): the default gives 25 frames/s at 250 Hz"
+        },
+    )
+    conv_residual: bool = field(
+        default=False,
+        metadata={
+            "help": "add a residual path past each convolution after the first: the block's "
+            "input, averaged over the same window and stride as its convolution, is added to "
+            "its output, so the first (linear over sensors) layer's features still reach the "
+            "CNN output while the deeper random layers are untrained. Needs every layer after "
+            "the first to keep its input's dim. False = fairseq's plain stack"
         },
     )
     conv_pos: int = field(
@@ -321,6 +333,9 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
     spatial_filter : nn.Module or None
         Applied to the ``(B, C, T)`` sensors before the first convolution
         (:class:`~.spatial_filter.PrincipalSubspaceWhitening`); None = none.
+    residual : bool
+        Add each block's input, averaged over its convolution's window and stride (same
+        output length), to the output of every block after the first.
     """
 
     def __init__(
@@ -331,8 +346,22 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         conv_bias: bool = False,
         dropout: float = 0.0,
         spatial_filter: Optional[nn.Module] = None,
+        residual: bool = False,
     ) -> None:
         super().__init__(conv_layers=conv_layers, dropout=dropout, mode=mode, conv_bias=conv_bias)
+        if residual:
+            for index in range(1, len(conv_layers)):
+                if conv_layers[index][0] != conv_layers[index - 1][0]:
+                    raise ValueError(
+                        f"conv_residual=True: convolution {index + 1} of conv_feature_layers "
+                        f"maps dim {conv_layers[index - 1][0]} to {conv_layers[index][0]}; a "
+                        "residual path needs every layer after the first to keep its dim"
+                    )
+        # (kernel_size, stride) of each residual path's average; None for the first block
+        self.residual_windows: List[Optional[Tuple[int, int]]] = [
+            (kernel, stride) if residual and index > 0 else None
+            for index, (_dim, kernel, stride) in enumerate(conv_layers)
+        ]
         self.in_channels = in_channels
         dim, kernel_size, stride = conv_layers[0]
         first_conv = nn.Conv1d(in_channels, dim, kernel_size, stride=stride, bias=conv_bias)
@@ -349,8 +378,11 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
             )
         if self.spatial_filter is not None:
             x = self.spatial_filter(x)
-        for conv in self.conv_layers:
-            x = conv(x)
+        for conv, window in zip(self.conv_layers, self.residual_windows):
+            if window is None:
+                x = conv(x)
+            else:  # the average over the conv's own window has the conv's output length
+                x = conv(x) + F.avg_pool1d(x, kernel_size=window[0], stride=window[1])
         return x
 
 
@@ -375,6 +407,7 @@ class Meg2VecModel(Wav2Vec2Model):
             conv_layers=eval(cfg.conv_feature_layers),  # fairseq's own format for the stack
             mode=cfg.extractor_mode,
             conv_bias=cfg.conv_bias,
+            residual=getattr(cfg, "conv_residual", False),  # absent in older checkpoints
             spatial_filter=(
                 PrincipalSubspaceWhitening(
                     cfg.in_channels,
