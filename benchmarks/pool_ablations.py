@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("sources", nargs="+", help="LABEL=OUT/ablation.json (or a path)")
     parser.add_argument("--variant", default="shipped")
     parser.add_argument("--row", default="probe checkpoint",
-                        help="result row, e.g. 'probe checkpoint', 'fine-tune 10% checkpoint'")
+                        help="result row, e.g. 'probe checkpoint', 'fine-tune 10%% checkpoint'")
     args = parser.parse_args(argv)
     try:
         pooled = pool(load_sources(args.sources), args.variant, args.row)

@@ -48,3 +48,10 @@ def test_pool_refuses_other_data_and_missing_variants(tmp_path):
     with pytest.raises(ValueError, match="source1: no variant 'other'"):
         pool_ablations.pool(pool_ablations.load_sources([str(first)]), "other",
                             "probe checkpoint")
+
+
+def test_help_prints_the_options(capsys):
+    with pytest.raises(SystemExit) as stop:
+        pool_ablations.main(["--help"])
+    assert stop.value.code == 0
+    assert "fine-tune 10% checkpoint" in capsys.readouterr().out
