@@ -54,4 +54,4 @@ def test_help_prints_the_options(capsys):
     with pytest.raises(SystemExit) as stop:
         pool_ablations.main(["--help"])
     assert stop.value.code == 0
-    assert "fine-tune 10% checkpoint" in capsys.readouterr().out
+    assert "fine-tune 10% checkpoint" in " ".join(capsys.readouterr().out.split())
