@@ -13,6 +13,9 @@
 #   random-init, until DEADLINE_S seconds after the start (default 520); unfinished jobs are cut.
 # Brings back in OUT: summary.txt (the tables), results.tgz (every JSON and log, no weights) and
 # ckpt-<setting>-<variant>.tar (the checkpoints of the SAVE_VARIANTS without optimizer state).
+# EXTRA_ARGS: more benchmarks/ablation.py options for phase 1, e.g. "--only shipped --config
+#   meg2vec_small --set lr_scheduler.warmup_updates=150" (another config needs its warm-up
+#   scaled to MAX_UPDATE: the yamls' warm-up is for their full schedule).
 # PRETRAIN_ONLY=1: phase 1 pre-trains only (evaluate the brought-back checkpoints elsewhere with
 #   ablation.py --reuse-checkpoints); phase 2 is skipped.
 # Try it on CPU first: DEVICE=cpu bash benchmarks/gpu_ablation.sh /tmp/o 3 V "1" 400
@@ -50,7 +53,7 @@ for s in $SETTINGS; do
     --data-dir "$WORK/data" --variants "$VARIANTS" --pretrain-seeds $SEEDS \
     --max-update "$MAX_UPDATE" --budget-minutes "$BUDGET_MINUTES" --parallel $per_setting \
     --threads 1 --device "$DEVICE" --set dataset.num_workers=0 --seeds 0 1 2 \
-    --finetune-fractions $(setting_args $s) ${PRETRAIN_ONLY:+--pretrain-only} \
+    --finetune-fractions $(setting_args $s) ${PRETRAIN_ONLY:+--pretrain-only} ${EXTRA_ARGS:-} \
     > "$WORK/ablation-$s.txt" 2>&1 &
 done
 wait
