@@ -69,6 +69,17 @@ def test_hydra_train_runs_from_the_repository_root(trained):
     assert "Meg2VecModel" in log
 
 
+def test_check_pretraining_reads_the_trainers_log(trained, tmp_path):
+    # the tool on a real fairseq-hydra-train log (simple format, the tiny config's 20 negatives)
+    _data, _save_dir, log = trained
+    path = tmp_path / "train.log"
+    path.write_text(log)
+    result = run_command(["python", "tools/check_pretraining.py", str(path)])
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: 30 updates" in result.stdout and "(chance 0.048)" in result.stdout
+    assert "too early to judge 'stuck near chance'" in result.stdout
+
+
 def test_training_resumes_from_checkpoint_last(trained, tmp_path):
     data, save_dir, _ = trained
     resumed_dir = tmp_path / "resumed"
