@@ -245,7 +245,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads per process")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--data-dir", default=None, help="default OUT/data")
-    parser.add_argument("--pretrain-recordings", type=int, default=24)
+    parser.add_argument("--pretrain-recordings", type=int, default=ps.PRETRAIN_RECORDINGS,
+                        help=f"unlabelled pre-training recordings (default "
+                        f"{ps.PRETRAIN_RECORDINGS}; 24 before round 24)")
     parser.add_argument("--probe-recordings", type=int, default=45,
                         help="held-out recordings for the probes, split 60/20/20 (default 45; "
                         "with 15 the state scores were recording-specific, "

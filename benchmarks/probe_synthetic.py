@@ -74,6 +74,10 @@ from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_datase
 TRAIN_KEYS = ("loss", "accuracy", "prob_perplexity", "code_perplexity", "temp", "lr")
 TASKS = ("event", "state")
 PROBE_SEGMENT_SECONDS = 10.0  # probe segments: long enough for full context around spans
+#: Unlabelled recordings (of --seconds each) to pre-train on: 96 x 40 s = 64 minutes. With 24
+#: (16 minutes, rounds 1-23) the encoder memorised them and lost state and events with length
+#: (docs/pretraining_research.md, round 24); users bring hours.
+PRETRAIN_RECORDINGS = 96
 def generator_config(args) -> SyntheticMEGConfig:
     """The generator settings of a run (states on: the ``state`` task needs them)."""
     return SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,
@@ -493,7 +497,9 @@ def main(argv=None) -> int:
                         "on shared cores the time budget usually ends training first)")
     parser.add_argument("--pretrain-seeds", type=int, nargs="+", default=[1],
                         help="one pre-training run per seed (common.seed; default 1)")
-    parser.add_argument("--pretrain-recordings", type=int, default=24)
+    parser.add_argument("--pretrain-recordings", type=int, default=PRETRAIN_RECORDINGS,
+                        help=f"unlabelled pre-training recordings (default {PRETRAIN_RECORDINGS}; "
+                        "24 before round 24 of docs/pretraining_research.md)")
     parser.add_argument("--probe-recordings", type=int, default=45,
                         help="held-out recordings for the probes, split 60/20/20 (default 45; "
                         "with 15 the state scores were recording-specific, "
