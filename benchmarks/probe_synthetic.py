@@ -78,6 +78,8 @@ PROBE_SEGMENT_SECONDS = 10.0  # probe segments: long enough for full context aro
 #: (16 minutes, rounds 1-23) the encoder memorised them and lost state and events with length
 #: (docs/pretraining_research.md, round 24); users bring hours.
 PRETRAIN_RECORDINGS = 96
+
+
 def generator_config(args) -> SyntheticMEGConfig:
     """The generator settings of a run (states on: the ``state`` task needs them)."""
     return SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,

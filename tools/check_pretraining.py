@@ -4,7 +4,7 @@
 Example::
 
     fairseq-hydra-train --config-dir config/pretraining --config-name meg2vec_small \\
-        common.user_dir=meg2vec_fairseq task.data=manifests/mine 2>&1 | tee train.log
+        common.user_dir=meg2vec_fairseq task.data=manifests/mine 2>&1 | tee -a train.log
     python tools/check_pretraining.py train.log
 
 Reads fairseq's ``simple`` or ``json`` log lines (the number of negatives from the
