@@ -18,6 +18,8 @@
 #   scaled to MAX_UPDATE: the yamls' warm-up is for their full schedule).
 # PRETRAIN_ONLY=1: phase 1 pre-trains only (evaluate the brought-back checkpoints elsewhere with
 #   ablation.py --reuse-checkpoints); phase 2 is skipped.
+# FINETUNE=0: phase 1 as usual (pre-training and linear probes), phase 2 skipped (leaves the
+#   cores to another instance of this script in the same call).
 # Try it on CPU first: DEVICE=cpu bash benchmarks/gpu_ablation.sh /tmp/o 3 V "1" 400
 set -u
 OUT=${1:?usage: gpu_ablation.sh OUT MAX_UPDATE VARIANTS "SEEDS" [DEADLINE_S]}
@@ -90,6 +92,7 @@ for s in $SETTINGS; do
 done
 left=$(( DEADLINE - ($(date +%s) - START) - 20 ))
 [ -z "${PRETRAIN_ONLY:-}" ] || left=0
+[ "${FINETUNE:-1}" != 0 ] || left=0
 if [ $left -gt 30 ]; then
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
   # random-init first: without it the checkpoints' numbers have nothing to compare with
