@@ -135,3 +135,19 @@ def test_tool_exit_status_and_output(tmp_path, capsys):
         tool.main([healthy, "--max-gap", "2"])
     assert usage.value.code == 2
     assert "--max-gap" in capsys.readouterr().err
+
+
+def test_demo_summary_reads_the_negatives_from_the_training_log(tmp_path, capsys):
+    # chance is 1 / (num_negatives + 1): 100 negatives in CONFIG_LINE, not the tiny config's 20
+    tool = ToolRun("demo_summary")
+    train, valid = tmp_path / "train.log", tmp_path / "validate.log"
+    train.write_text(HEALTHY)
+    valid.write_text(log_text([], [(1000, 0.58, 280.0)], config=None))
+    assert tool.main([train, valid]) == 0
+    assert "(chance 0.010)" in capsys.readouterr().out
+    assert tool.main([train, valid, "--negatives", "20"]) == 0
+    assert "(chance 0.048)" in capsys.readouterr().out
+    train.write_text(log_text([(100, 0.1)], config=None))
+    assert tool.main([train, valid]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {train}: no num_negatives in the printed configuration; pass --negatives")
