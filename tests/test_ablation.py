@@ -68,3 +68,46 @@ def test_without_reuse_every_run_trains_again(recorded):
     ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1",
                    "--pretrain-only"])
     assert batches == [["pretrain shipped seed 1", "pretrain other seed 1"]]
+
+
+@pytest.fixture
+def aborting_at_exit(monkeypatch, tmp_path):
+    """Pre-training jobs that exit with rc -6; ``finished`` ones first log fairseq's last line
+    and leave their checkpoint, as the H200's meg2vec_small runs did (round 25c)."""
+    batches = []
+
+    def fake_run_jobs(jobs, parallel, threads):
+        batches.append([job["name"] for job in jobs])
+        for job in jobs:
+            job["rc"], job["wall_s"] = 0, 0.0
+            if job["name"].startswith("pretrain"):
+                job["rc"] = -6
+                os.makedirs(os.path.dirname(job["log"]), exist_ok=True)
+                with open(job["log"], "w") as log:
+                    if "seed 1" in job["name"]:
+                        log.write("[fairseq_cli.train][INFO] - done training in 254.4 seconds\n")
+                        checkpoints = os.path.join(os.path.dirname(job["log"]), "checkpoints")
+                        os.makedirs(checkpoints, exist_ok=True)
+                        open(os.path.join(checkpoints, "checkpoint_last.pt"), "wb").close()
+                    log.write("terminate called without an active exception\n")
+
+    monkeypatch.setattr(ablation, "run_jobs", fake_run_jobs)
+    monkeypatch.setattr(ablation.ps, "prepare_data", lambda args: {
+        "dir": str(tmp_path / "data"), "pretrain": str(tmp_path / "data" / "pretrain")})
+    monkeypatch.setattr(ablation, "combine", lambda *args: {})
+    monkeypatch.setattr(ablation, "markdown", lambda combined, args: "")
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({"shipped": []}))
+    return batches, str(variants), tmp_path
+
+
+def test_a_run_that_aborts_after_its_last_checkpoint_is_evaluated(aborting_at_exit):
+    batches, variants, tmp_path = aborting_at_exit
+    rc = ablation.main(["--out", str(tmp_path / "abl"), "--variants", variants,
+                        "--pretrain-seeds", "1", "2"])
+    # seed 1 finished training and is evaluated; seed 2 never did, so the run fails
+    assert batches[1] == ["evaluate shipped seed 1", "evaluate random-init and raw"]
+    assert rc == 1
+    for seed, expected in (("1", 0), ("2", 1)):
+        assert ablation.main(["--out", str(tmp_path / f"only{seed}"), "--variants", variants,
+                              "--pretrain-seeds", seed, "--pretrain-only"]) == expected
