@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     with open(args.train_log, encoding="utf-8") as f:
         train_text = f.read()
     train = [r for r in parse_fairseq_log(train_text, "train_inner") if "loss" in r]
-    negatives = args.negatives or logged_num_negatives(train_text)
+    negatives = args.negatives if args.negatives is not None else logged_num_negatives(train_text)
     if negatives is None:
         print(f"error: {args.train_log}: no num_negatives in the printed configuration; "
               "pass --negatives", file=sys.stderr)
