@@ -283,13 +283,14 @@ def test_target_windows_are_the_cnn_frames(stack):
         source = torch.randn(2, 8, length)
         frames = model.feature_extractor(source).shape[-1]
         windows = source.unfold(-1, receptive_field, stride)  # (B, C, frames, rf)
-        assert windows.shape[2] == frames == quantizer.codes(source).shape[1]
+        assert quantizer.codes(source).shape == (2, frames, 1)
+        assert windows.shape[2] == frames
         # codes = nearest codebook entry of the projected z-scored window
         z = (source - source.mean(-1, keepdim=True)) / source.std(-1, keepdim=True)
         flat = z.unfold(-1, receptive_field, stride).permute(0, 2, 1, 3).flatten(2)
         projected = flat @ quantizer.projection.flatten(1).t()
         expected = torch.nn.functional.normalize(projected, dim=-1) @ quantizer.codebook.t()
-        assert (expected.argmax(-1) == quantizer.codes(source)).float().mean() > 0.99
+        assert (expected.argmax(-1) == quantizer.codes(source)[..., 0]).float().mean() > 0.99
 
 
 @pytest.mark.parametrize("crop", [1, 2, 7])
@@ -330,8 +331,49 @@ def test_random_projection_targets_are_frozen_and_deterministic():
     receptive_field, stride = conv_frame_geometry(SMALL["conv_feature_layers"])
     period = torch.randn(8, 4 * stride)
     source = period.repeat(1, 25).unsqueeze(0)
-    codes = quantizer.codes(source)[0]
+    codes = quantizer.codes(source)[0, :, 0]
     assert (codes[4:] == codes[:-4]).all() and len(set(codes.tolist())) > 1
+
+
+def test_several_codebooks_each_code_their_own_projection():
+    quantizer = RandomProjectionQuantizer(8, 60, 10, codebook_size=32, codebook_dim=4,
+                                          codebooks=3, crop_norm="center")
+    single = RandomProjectionQuantizer(8, 60, 10, codebook_size=32, codebook_dim=4,
+                                       crop_norm="center")
+    source = torch.randn(2, 8, 500)
+    codes = quantizer.codes(source)
+    assert codes.shape == (2, 45, 3) and int(codes.max()) < 32
+    # codebook k: nearest of its own codebook rows to its own projection rows
+    centred = source - source.mean(-1, keepdim=True)
+    for k in range(3):
+        projection = quantizer.projection[4 * k: 4 * (k + 1)]
+        projected = torch.nn.functional.conv1d(centred, projection, stride=10).transpose(1, 2)
+        similarity = torch.nn.functional.normalize(projected, dim=-1) @ quantizer.codebook[
+            32 * k: 32 * (k + 1)].t()
+        assert (similarity.argmax(-1) == codes[..., k]).float().mean() > 0.99
+    # the first projection is the single codebook's draw; the codebooks differ in what they code
+    torch.testing.assert_close(quantizer.projection[:4], single.projection)
+    assert not torch.equal(codes[..., 0], codes[..., 1])
+    # targets: the code vectors concatenated, one per codebook
+    mask = torch.zeros(2, 45, dtype=torch.bool)
+    mask[:, ::5] = True
+    quantizer.stash(source)
+    quantizer.set_mask(mask)
+    out = quantizer(torch.zeros(2, 9, 7))
+    picked = codes[:, ::5]
+    expected = torch.cat([quantizer.codebook[32 * k + picked[..., k]] for k in range(3)], -1)
+    torch.testing.assert_close(out["x"], expected)
+    assert 1 < float(out["code_perplexity"]) <= 18  # mean over codebooks of 18 frames' codes
+
+
+def test_a_model_with_several_codebooks_trains_on_their_concatenation():
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, target_codebook_dim=8,
+                          target_codebooks=4).train()
+    assert model.project_q.in_features == 32
+    loss, _, logging = criterion([1.0, 10], ["code_perplexity"])(model, batch())
+    loss.backward()
+    assert torch.isfinite(loss) and logging["code_perplexity"] > 1
+    assert model.project_q.weight.grad is not None
 
 
 def test_code_perplexity_is_real_and_diversity_has_no_gradient():
@@ -728,6 +770,7 @@ def test_model_in_bfloat16_trains(options):
         ({"target_codebook_size": 1}, "target_codebook_size=1"),
         ({"target_codebook_size": 8, "codebook_negatives": 2}, "codebook_negatives"),
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
+        ({"target_codebooks": 0, "target_codebook_size": 8}, "target_codebooks=0: must be >= 1"),
         ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
         ({"target_whiten": -1.0, "target_codebook_size": 8}, r"target_whiten=-1\.0"),
         ({"input_subspace_rank": 9}, r"input_subspace_rank=9: must be in 0\.\.8"),

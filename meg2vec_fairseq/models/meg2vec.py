@@ -197,6 +197,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "help": "dimension of the random projection and codebook of target_codebook_size"
         },
     )
+    target_codebooks: int = field(
+        default=1,
+        metadata={
+            "help": "number of independent random projections and codebooks of "
+            "target_codebook_size (BEST-RQ's multiple codebooks): every masked frame's "
+            "contrastive target is the concatenation of its code vectors, one per codebook, so "
+            "the targets also follow components weaker than the few that dominate one "
+            "projection; code_perplexity is the mean over codebooks. 1 = a single codebook"
+        },
+    )
     target_crop_norm: str = field(
         default="zscore",
         metadata={
@@ -476,9 +486,11 @@ class Meg2VecModel(Wav2Vec2Model):
                 codebook_dim=cfg.target_codebook_dim,
                 crop_norm=getattr(cfg, "target_crop_norm", "zscore"),
                 whiten=getattr(cfg, "target_whiten", 0.0),
+                codebooks=getattr(cfg, "target_codebooks", 1),
             )
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
-            self.project_q = nn.Linear(cfg.target_codebook_dim, final_dim)  # trainable
+            target_dim = self.quantizer.codebooks * cfg.target_codebook_dim
+            self.project_q = nn.Linear(target_dim, final_dim)  # trainable
 
     @classmethod
     def build_model(cls, cfg: Meg2VecConfig, task=None) -> "Meg2VecModel":
@@ -749,6 +761,8 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"target_codebook_size={cfg.target_codebook_size}: must be 0 (off) or >= 2")
     if cfg.target_codebook_dim < 1:
         fail(f"target_codebook_dim={cfg.target_codebook_dim}: must be >= 1")
+    if getattr(cfg, "target_codebooks", 1) < 1:
+        fail(f"target_codebooks={cfg.target_codebooks}: must be >= 1")
     power_bands = parse_bands(getattr(cfg, "target_band_power", ""), "target_band_power")
     if power_bands:
         rate = _config_sample_rate(cfg)

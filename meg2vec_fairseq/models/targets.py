@@ -58,6 +58,12 @@ class RandomProjectionQuantizer(nn.Module):
     recording by ``make_manifest``): a sustained change of sensor power then changes the
     codes, whereas per-crop z-scoring erases it.
 
+    With ``codebooks > 1`` every frame gets that many codes, each from its own projection and
+    codebook (BEST-RQ's multiple codebooks), and its target vector is the concatenation of
+    their code vectors. One code of ~10 bits mostly follows the strongest components of a
+    306-sensor window; independent projections each round a different view, so weak
+    components (small transients) change some of the codes.
+
     With ``whiten > 0`` the normalised sensors are then spatially whitened with the batch's
     sensor covariance, shrunk towards its mean eigenvalue: ``x <- V diag((e + whiten *
     mean(e)) ** -1/2) V^T x`` (``e, V`` its eigenvalues and vectors). MEG sensor space is
@@ -93,6 +99,8 @@ class RandomProjectionQuantizer(nn.Module):
     whiten : float
         Shrinkage of the spatial whitening in units of the mean eigenvalue (see above);
         0 = no whitening.
+    codebooks : int
+        Number of independent projections and codebooks (see above).
     """
 
     def __init__(
@@ -105,22 +113,30 @@ class RandomProjectionQuantizer(nn.Module):
         seed: int = 0,
         crop_norm: str = "zscore",
         whiten: float = 0.0,
+        codebooks: int = 1,
     ) -> None:
         super().__init__()
         if crop_norm not in CROP_NORMS:
             raise ValueError(f"crop_norm={crop_norm!r}: expected one of {CROP_NORMS}")
         if not whiten >= 0:
             raise ValueError(f"whiten={whiten}: must be >= 0 (0 = off)")
+        if codebooks < 1:
+            raise ValueError(f"codebooks={codebooks}: must be >= 1")
         self.crop_norm = crop_norm
         self.whiten = float(whiten)
         self.receptive_field = receptive_field
         self.stride = stride
         self.num_vars = codebook_size  # fairseq's name: the diversity term reads it
         self.codebook_dim = codebook_dim
+        self.codebooks = codebooks
         generator = torch.Generator().manual_seed(seed)
         fan_in = in_channels * receptive_field
-        projection = torch.randn(codebook_dim, in_channels, receptive_field, generator=generator)
-        codebook = torch.randn(codebook_size, codebook_dim, generator=generator)
+        # codebook k: projection rows [k * dim, (k + 1) * dim), codebook rows [k * size, ...);
+        # drawn in this order so that codebooks=1 keeps the draws of a single codebook
+        projection = torch.randn(
+            codebooks * codebook_dim, in_channels, receptive_field, generator=generator
+        )
+        codebook = torch.randn(codebooks * codebook_size, codebook_dim, generator=generator)
         self.register_buffer("projection", projection / fan_in**0.5)
         self.register_buffer("codebook", F.normalize(codebook, dim=-1))
         self._codes: Optional[torch.Tensor] = None
@@ -130,10 +146,21 @@ class RandomProjectionQuantizer(nn.Module):
     def codes(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """Code index of every frame: ``(B, C, T)`` -> ``(B, frames)`` long.
+        """Code indices of every frame: ``(B, C, T)`` -> ``(B, frames, codebooks)`` long.
 
-        ``frames = (T - receptive_field) // stride + 1``, the conv encoder's frame count.
+        ``frames = (T - receptive_field) // stride + 1``, the conv encoder's frame count;
+        index ``k`` is the code in codebook ``k`` (``0 .. codebook_size - 1``).
         """
+        projected = self.project(source, padding_mask)
+        codebook = self.codebook.float().view(self.codebooks, self.num_vars, self.codebook_dim)
+        return torch.einsum("bfkd,kvd->bfkv", projected, codebook).argmax(dim=-1)
+
+    @torch.no_grad()
+    def project(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The random projections of every frame's window, each l2-normalised:
+        ``(B, C, T)`` -> ``(B, frames, codebooks, codebook_dim)`` float32."""
         with torch.autocast(device_type=source.device.type, enabled=False):
             x, count = centre_crops(source.float(), padding_mask)
             if self.crop_norm == "zscore":
@@ -146,8 +173,8 @@ class RandomProjectionQuantizer(nn.Module):
             # in float32 whatever the model's dtype
             projection = self.projection.float()
             projected = F.conv1d(x, projection, stride=self.stride).transpose(1, 2)
-            similarity = F.normalize(projected, dim=-1) @ self.codebook.float().t()
-            return similarity.argmax(dim=-1)
+            projected = projected.unflatten(-1, (self.codebooks, self.codebook_dim))
+            return F.normalize(projected, dim=-1)
 
     def stash(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
         """Compute and keep the codes of ``source`` for the next :meth:`forward`."""
@@ -175,9 +202,10 @@ class RandomProjectionQuantizer(nn.Module):
         Returns
         -------
         dict
-            ``x``: ``(B, M, codebook_dim)`` code vectors; ``num_vars``: codebook size;
-            ``code_perplexity``: exp of the entropy of code usage over the batch's masked
-            frames; ``prob_perplexity``: the same value without grad, so that fairseq's
+            ``x``: ``(B, M, codebooks * codebook_dim)`` code vectors (one per codebook,
+            concatenated); ``num_vars``: codebook size; ``code_perplexity``: exp of the
+            entropy of code usage over the batch's masked frames (the mean over codebooks);
+            ``prob_perplexity``: the same value without grad, so that fairseq's
             diversity term ``(num_vars - prob_perplexity) / num_vars`` is a constant with no
             gradient (keep its slot in ``criterion.loss_weights``; its weight does not
             matter); ``temp``: 0.0 (there is no Gumbel temperature).
@@ -190,18 +218,23 @@ class RandomProjectionQuantizer(nn.Module):
         codes = self._codes
         if self._mask_indices is not None:
             codes = codes[:, : self._mask_indices.size(1)][self._mask_indices].view(
-                codes.size(0), -1
+                codes.size(0), -1, self.codebooks
             )
-        if codes.shape != x.shape[:2]:
+        if codes.shape[:2] != x.shape[:2]:
             raise RuntimeError(
-                f"random-projection targets: {tuple(codes.shape)} codes for "
+                f"random-projection targets: {tuple(codes.shape[:2])} codes for "
                 f"{tuple(x.shape[:2])} frames"
             )
-        counts = torch.bincount(codes.flatten(), minlength=self.num_vars).float()
-        probs = counts / counts.sum().clamp(min=1)
-        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-12))).sum())
+        # row of each code in the stacked codebooks
+        rows = codes + torch.arange(self.codebooks, device=codes.device) * self.num_vars
+        counts = torch.bincount(rows.flatten(), minlength=self.codebooks * self.num_vars)
+        probs = counts.float().view(self.codebooks, -1)
+        probs = probs / probs.sum(dim=-1, keepdim=True).clamp(min=1)
+        entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(dim=-1)
+        perplexity = torch.exp(entropy).mean()
         return {
-            "x": self.codebook[codes].to(x.dtype),  # the features' dtype, as project_q's
+            # the features' dtype, as project_q's
+            "x": self.codebook[rows].flatten(2).to(x.dtype),
             "num_vars": self.num_vars,
             "code_perplexity": perplexity,
             "prob_perplexity": perplexity.detach(),
