@@ -74,6 +74,48 @@ def test_spatial_probe_runs_every_view(tmp_path):
     assert str(tmp_path) in missing.stderr
 
 
+@pytest.mark.slow
+def test_target_probe_probes_codes_and_projections(tmp_path):
+    """``benchmarks/target_probe.py``: a row per target option set and mode, scores in [0, 1];
+    an unknown option is a one-line usage error naming it."""
+    data = _tiny_probe_data(tmp_path)
+    out = tmp_path / "targets.json"
+    result = run_command(
+        [sys.executable, "benchmarks/target_probe.py", "--data", data, "--task", "event",
+         "--targets", "shipped", "codebooks=2,dim=4,size=32", "--seeds", "0",
+         "--json", str(out)],
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [source["name"] for source in report["sources"]] == [
+        "shipped codes", "shipped projection",
+        "codebooks=2,dim=4,size=32 codes", "codebooks=2,dim=4,size=32 projection"]
+    # two codebooks of 32 codes side by side, mean and std pooled
+    assert report["sources"][2]["feature_dim"] == 2 * 2 * 32
+    assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
+    bad = run_command([sys.executable, "benchmarks/target_probe.py", "--data", data,
+                       "--targets", "codebook=4"], timeout=60)
+    assert bad.returncode == 2 and "codebook=4" in bad.stderr
+
+
+def test_spectral_whitening_flattens_a_one_over_f_spectrum():
+    sys.path.insert(0, "benchmarks")
+    import target_probe
+
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    pink = torch.randn(4, 3, 2000, generator=generator).cumsum(-1)  # 1/f^2 power
+    flat = target_probe.spectral_whitening(pink, 1.0)
+
+    def low_to_high(x):
+        power = torch.fft.rfft(x - x.mean(-1, keepdim=True)).abs().pow(2).mean((0, 1))
+        return float(power[1:20].mean() / power[400:].mean())
+
+    assert flat.shape == pink.shape
+    assert low_to_high(flat) < low_to_high(pink) / 10  # measured: 44x flatter
+
+
 def test_training_summary_keeps_every_criterion_term():
     """One ``loss_<i>`` per extra loss: a fourth term (e.g. the teacher loss) is not dropped."""
     sys.path.insert(0, "benchmarks")
