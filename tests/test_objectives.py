@@ -376,6 +376,39 @@ def test_a_model_with_several_codebooks_trains_on_their_concatenation():
     assert model.project_q.weight.grad is not None
 
 
+@pytest.mark.parametrize("codebooks", [1, 3])
+def test_code_classification_is_the_cross_entropy_of_masked_frames_codes(codebooks):
+    model = build_meg2vec(in_channels=8, target_codebook_size=16, target_codebook_dim=4,
+                          target_codebooks=codebooks, target_code_classification=True).train()
+    captured = {}
+    original = model.code_head.loss
+
+    def spy(encoded, mask_indices, codes):
+        captured.update(encoded=encoded, mask=mask_indices, codes=codes.clone())
+        return original(encoded, mask_indices, codes)
+
+    model.code_head.loss = spy
+    net_output = model(**batch()["net_input"])
+    # the last extra loss: cross-entropy of the head's logits against the masked frames' codes
+    encoded, mask, codes = captured["encoded"], captured["mask"], captured["codes"]
+    assert codes.shape[-1] == codebooks and mask.any() and int(codes.max()) < 16
+    logits = model.code_head.head(encoded[mask]).view(-1, codebooks, 16)
+    targets = codes[:, : mask.size(1)][mask]
+    expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets)
+    extra = model.get_extra_losses(net_output)
+    assert len(extra) == 3 and extra[-1] is net_output["code_classification_loss"]
+    torch.testing.assert_close(extra[-1], expected)
+    accuracy = (logits.argmax(-1) == targets).float().mean()
+    torch.testing.assert_close(net_output["code_classification_accuracy"], accuracy)
+    # through fairseq's criterion: one more loss term, trained
+    loss, _, logging = criterion([1.0, 10, 0.5], ["code_classification_accuracy"])(model, batch())
+    loss.backward()
+    assert "loss_2" in logging and torch.isfinite(loss)
+    assert model.code_head.head.weight.grad is not None
+    model.remove_pretraining_modules()
+    assert model.code_head is None
+
+
 def test_code_perplexity_is_real_and_diversity_has_no_gradient():
     model = build_meg2vec(in_channels=8, target_codebook_size=64).train()
     out = model(**batch()["net_input"])
@@ -771,6 +804,7 @@ def test_model_in_bfloat16_trains(options):
         ({"target_codebook_size": 8, "codebook_negatives": 2}, "codebook_negatives"),
         ({"target_codebook_dim": 0, "target_codebook_size": 8}, "target_codebook_dim=0"),
         ({"target_codebooks": 0, "target_codebook_size": 8}, "target_codebooks=0: must be >= 1"),
+        ({"target_code_classification": True}, "target_code_classification=True needs"),
         ({"target_crop_norm": "robust", "target_codebook_size": 8}, "target_crop_norm='robust'"),
         ({"target_whiten": -1.0, "target_codebook_size": 8}, r"target_whiten=-1\.0"),
         ({"input_subspace_rank": 9}, r"input_subspace_rank=9: must be in 0\.\.8"),

@@ -44,7 +44,8 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      (only the enabled pretext families, in this order)
      band_power_loss,  (only with target_band_power)
      reconstruction_loss,  (only with target_reconstruction)
-     teacher_loss]  (only with target_teacher_layers)
+     teacher_loss,  (only with target_teacher_layers)
+     code_classification_loss]  (only with target_code_classification)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
 ``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
@@ -84,7 +85,7 @@ from .band_power import BandPowerTargets
 from .pretext import PretextTasks, parse_bands
 from .reconstruction import SensorReconstructionTargets
 from .spatial_filter import PrincipalSubspaceWhitening
-from .targets import CROP_NORMS, RandomProjectionQuantizer
+from .targets import CROP_NORMS, CodeClassificationHead, RandomProjectionQuantizer
 from .teacher import TeacherTargets
 
 # Default stack for 250 Hz MEG: total stride 10 -> 25 frames/s (40 ms per frame),
@@ -281,6 +282,17 @@ class Meg2VecConfig(Wav2Vec2Config):
             "this-many layers (feed-forward outputs, each instance-normalised over time); an "
             "extra loss after the reconstruction loss (add its criterion.loss_weights entry). "
             "1..encoder_layers, 0 = off"
+        },
+    )
+    target_code_classification: bool = field(
+        default=False,
+        metadata={
+            "help": "BEST-RQ's loss on the random-projection targets (needs "
+            "target_codebook_size > 0): a linear head on the Transformer output of each masked "
+            "frame classifies its code among all target_codebook_size codes of each of the "
+            "target_codebooks codebooks (cross-entropy), as an extra loss after the teacher "
+            "loss (add its criterion.loss_weights entry); its accuracy is in the net output as "
+            "code_classification_accuracy (criterion.log_keys). The contrastive loss stays"
         },
     )
     target_teacher_decay: float = field(
@@ -491,6 +503,11 @@ class Meg2VecModel(Wav2Vec2Model):
             final_dim = cfg.final_dim if cfg.final_dim > 0 else cfg.encoder_embed_dim
             target_dim = self.quantizer.codebooks * cfg.target_codebook_dim
             self.project_q = nn.Linear(target_dim, final_dim)  # trainable
+        self.code_head: Optional[CodeClassificationHead] = None
+        if getattr(cfg, "target_code_classification", False):
+            self.code_head = CodeClassificationHead(
+                cfg.encoder_embed_dim, cfg.target_codebook_size, self.quantizer.codebooks
+            )
 
     @classmethod
     def build_model(cls, cfg: Meg2VecConfig, task=None) -> "Meg2VecModel":
@@ -563,7 +580,12 @@ class Meg2VecModel(Wav2Vec2Model):
                 source = mask_sensors(source, self.cfg.mask_sensors_prob)
             captured: List[torch.Tensor] = []
             handle = None
-            if (labels and view is None) or regressions or self.teacher is not None:
+            if (
+                (labels and view is None)
+                or regressions
+                or self.teacher is not None
+                or self.code_head is not None
+            ):
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
                 )
@@ -586,6 +608,12 @@ class Meg2VecModel(Wav2Vec2Model):
                 result["teacher_loss"] = self.teacher.loss(
                     captured[-1], self._mask_indices, targets
                 )
+            if self.code_head is not None:
+                loss, accuracy = self.code_head.loss(
+                    captured[-1], self._mask_indices, self.quantizer.stashed_codes
+                )
+                result["code_classification_loss"] = loss
+                result["code_classification_accuracy"] = accuracy
             return result
         finally:
             self._mask_indices = None
@@ -677,8 +705,8 @@ class Meg2VecModel(Wav2Vec2Model):
     def get_extra_losses(self, net_output) -> List[Optional[torch.Tensor]]:
         """fairseq's ``[diversity, features_pen]``, one loss per enabled pretext family, then
         the band-power loss (``target_band_power``), the reconstruction loss
-        (``target_reconstruction``) and the teacher loss (``target_teacher_layers``) when
-        they are on.
+        (``target_reconstruction``), the teacher loss (``target_teacher_layers``) and the
+        code-classification loss (``target_code_classification``) when they are on.
 
         Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
         phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
@@ -690,6 +718,8 @@ class Meg2VecModel(Wav2Vec2Model):
         losses.extend(net_output.get(f"{name}_loss") for name, _ in self._regression_heads())
         if self.teacher is not None:
             losses.append(net_output.get("teacher_loss"))
+        if self.code_head is not None:
+            losses.append(net_output.get("code_classification_loss"))
         return losses
 
     def set_num_updates(self, num_updates: int) -> None:
@@ -700,9 +730,10 @@ class Meg2VecModel(Wav2Vec2Model):
 
     def remove_pretraining_modules(self, last_layer=None) -> None:
         """fairseq's removal of the pre-training modules, plus the pretext heads, the
-        regression heads and the data2vec teacher."""
+        regression heads, the data2vec teacher and the code-classification head."""
         super().remove_pretraining_modules(last_layer=last_layer)
         self.pretext = None
+        self.code_head = None
         self.band_power = None
         self.reconstruction = None
         self.teacher = None
@@ -763,6 +794,9 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"target_codebook_dim={cfg.target_codebook_dim}: must be >= 1")
     if getattr(cfg, "target_codebooks", 1) < 1:
         fail(f"target_codebooks={cfg.target_codebooks}: must be >= 1")
+    if getattr(cfg, "target_code_classification", False) and cfg.target_codebook_size <= 0:
+        fail("target_code_classification=True needs the random-projection targets "
+             "(target_codebook_size > 0)")
     power_bands = parse_bands(getattr(cfg, "target_band_power", ""), "target_band_power")
     if power_bands:
         rate = _config_sample_rate(cfg)

@@ -9,7 +9,7 @@ its ``quantizer`` (same calling convention as ``GumbelVectorQuantizer``), so fai
 forward, negatives and criterion are used unchanged.
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +184,12 @@ class RandomProjectionQuantizer(nn.Module):
         """Keep the ``(B, frames)`` boolean mask whose True frames fairseq will quantize."""
         self._mask_indices = mask_indices
 
+    @property
+    def stashed_codes(self) -> Optional[torch.Tensor]:
+        """The ``(B, frames, codebooks)`` codes of the last :meth:`stash` (None after
+        :meth:`clear`)."""
+        return self._codes
+
     def clear(self) -> None:
         """Drop the stashed codes and mask (called after each forward)."""
         self._codes = None
@@ -240,3 +246,52 @@ class RandomProjectionQuantizer(nn.Module):
             "prob_perplexity": perplexity.detach(),
             "temp": 0.0,
         }
+
+
+class CodeClassificationHead(nn.Module):
+    """BEST-RQ's loss: classify each masked frame's code among all codes of each codebook.
+
+    A linear head on the Transformer output of masked frames gives ``codebooks x
+    codebook_size`` logits; the loss is their cross-entropy against the frame's codes (mean
+    over masked frames and codebooks). Unlike the contrastive loss, which only tells the
+    positive from a few sampled frames, its difficulty grows with what the codes hold.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Dimension of the encoder output the head reads.
+    codebook_size, codebooks : int
+        Size and number of the quantizer's codebooks.
+    """
+
+    def __init__(self, embed_dim: int, codebook_size: int, codebooks: int = 1) -> None:
+        super().__init__()
+        self.codebook_size, self.codebooks = codebook_size, codebooks
+        self.head = nn.Linear(embed_dim, codebooks * codebook_size)
+
+    def loss(
+        self, encoded: torch.Tensor, mask_indices: torch.Tensor, codes: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and accuracy of the head on the masked frames.
+
+        Parameters
+        ----------
+        encoded : torch.Tensor
+            ``(B, T', D)`` encoder output.
+        mask_indices : torch.Tensor
+            ``(B, T')`` boolean, True at masked frames.
+        codes : torch.Tensor
+            ``(B, frames >= T', codebooks)`` (cut to ``T'`` here, as fairseq cuts the
+            features to a multiple of ``crop_seq_to_multiple``).
+
+        Returns
+        -------
+        loss, accuracy : torch.Tensor
+            Scalars; the accuracy without gradient.
+        """
+        targets = codes[:, : encoded.size(1)][mask_indices]  # (N, codebooks)
+        logits = self.head(encoded[mask_indices]).float()  # the loss in float32
+        logits = logits.view(-1, self.codebooks, self.codebook_size)
+        loss = F.cross_entropy(logits.transpose(1, 2), targets)
+        accuracy = (logits.argmax(dim=-1) == targets).float().mean().detach()
+        return loss, accuracy
