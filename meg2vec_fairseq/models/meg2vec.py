@@ -17,7 +17,9 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   ``pretext_sensor_fraction``, ``pretext_amplitude_scale_max``, ``pretext_separate_view``;
   :mod:`.pretext`);
 * frozen random-projection targets after BEST-RQ (``target_codebook_size``,
-  ``target_codebook_dim``, ``target_crop_norm``, ``target_whiten``; :mod:`.targets`);
+  ``target_codebook_dim``, ``target_codebooks``, ``target_crop_norm``, ``target_whiten``;
+  :mod:`.targets`), and BEST-RQ's own loss on them, classification of the masked frames'
+  codes (``target_code_classification``);
 * masked prediction of each sensor's log band power (``target_band_power``,
   ``target_band_power_seconds``; :mod:`.band_power`);
 * masked reconstruction of the (whitened) sensors under each frame
