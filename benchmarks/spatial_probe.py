@@ -107,6 +107,30 @@ def principal_axes(pretrain_dir: str, max_files: int) -> Tuple[np.ndarray, np.nd
     return eigenvalues[order], eigenvectors[:, order]
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    """The options every probe of a ``probe_synthetic`` data directory takes (also used by
+    ``benchmarks/target_probe.py``)."""
+    parser.add_argument("--data", required=True,
+                        help="a probe_synthetic data directory (with pretrain/ and probe/)")
+    parser.add_argument("--task", default=task, help="labels_<task>.tsv of probe/")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--context", type=float, default=1.0,
+                        help="signal each side of a span (s), as probe_synthetic's --context")
+    parser.add_argument("--json", default=None, help="write the result here")
+
+
+def load_task(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The labelled windows of ``args.task`` in ``args.data``; a usage error naming the
+    missing file when the directory has no probe data."""
+    labels = os.path.join(args.data, "probe", f"labels_{args.task}.tsv")
+    for path in (os.path.join(args.data, "probe", "train.tsv"), labels):
+        if not os.path.isfile(path):
+            parser.error(f"--data {args.data}: {path} does not exist (run "
+                         "benchmarks/probe_synthetic.py first)")
+    return load_manifest_labels(os.path.join(args.data, "probe", "train.tsv"), labels,
+                                sample_rate=SFREQ, context=args.context)
+
+
 def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[SourceSpec]:
     """The probed sources, in table order."""
     def rotation(seed: int) -> LinearView:
@@ -136,9 +160,7 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
 def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True,
-                        help="a probe_synthetic data directory (with pretrain/ and probe/)")
-    parser.add_argument("--task", default="state", help="labels_<task>.tsv of probe/")
+    add_data_arguments(parser, task="state")
     parser.add_argument("--pca", type=int, nargs="*", default=[8, 32, 128],
                         help="numbers of principal components to probe")
     parser.add_argument("--dim", type=int, default=128, help="random projection width")
@@ -146,20 +168,10 @@ def main(argv: Sequence[str] = None) -> int:
                         help="config whose first conv is probed ('' to skip)")
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--context", type=float, default=1.0,
-                        help="signal each side of a span (s), as probe_synthetic's --context")
-    parser.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
-    labels = os.path.join(args.data, "probe", f"labels_{args.task}.tsv")
-    for path in (os.path.join(args.data, "probe", "train.tsv"), labels):
-        if not os.path.isfile(path):
-            parser.error(f"--data {args.data}: {path} does not exist (run "
-                         "benchmarks/probe_synthetic.py first)")
+    dataset = load_task(parser, args)
     if args.dim < 1 or any(k < 1 for k in args.pca):
         parser.error("--dim and --pca must be >= 1")
-    dataset = load_manifest_labels(os.path.join(args.data, "probe", "train.tsv"), labels,
-                                   sample_rate=SFREQ, context=args.context)
     axes = principal_axes(os.path.join(args.data, "pretrain"), args.pca_files)
     if any(k > dataset.n_channels for k in args.pca):
         parser.error(f"--pca values must be <= the {dataset.n_channels} sensors")

@@ -30,14 +30,13 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from meg2vec_fairseq.constants import SFREQ  # noqa: E402
+from spatial_probe import add_data_arguments, load_task  # noqa: E402
+
 from meg2vec_fairseq.probing.report import write_json  # noqa: E402
 from meg2vec_fairseq.probing.run import run_probe  # noqa: E402
 from meg2vec_fairseq.probing.sources import SourceSpec  # noqa: E402
-from meg2vec_fairseq.probing.windows import load_manifest_labels  # noqa: E402
 
 #: The shipped configs' targets (``_meg2vec_common.yaml`` and ``meg2vec_tiny.yaml``'s convs).
 SHIPPED = {"crop_norm": "center", "whiten": 0.0, "spectral_whiten": 0.0, "dim": 16,
@@ -126,29 +125,17 @@ def views(targets: Sequence[str], modes: Sequence[str], n_channels: int) -> List
 def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True,
-                        help="a probe_synthetic data directory (with probe/)")
-    parser.add_argument("--task", default="event", help="labels_<task>.tsv of probe/")
+    add_data_arguments(parser, task="event")
     parser.add_argument("--targets", nargs="+", default=["shipped"],
                         help="target option sets: 'shipped' or key=value,... (see above)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--context", type=float, default=1.0,
-                        help="signal each side of a span (s), as probe_synthetic's --context")
-    parser.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
-    labels = os.path.join(args.data, "probe", f"labels_{args.task}.tsv")
-    for path in (os.path.join(args.data, "probe", "train.tsv"), labels):
-        if not os.path.isfile(path):
-            parser.error(f"--data {args.data}: {path} does not exist (run "
-                         "benchmarks/probe_synthetic.py first)")
     try:
         for text in args.targets:
             parse_target(text)
     except ValueError as error:
         parser.error(str(error))
-    dataset = load_manifest_labels(os.path.join(args.data, "probe", "train.tsv"), labels,
-                                   sample_rate=SFREQ, context=args.context)
+    dataset = load_task(parser, args)
     result = run_probe(dataset, views(args.targets, args.modes, dataset.n_channels), args.seeds)
     print(f"{args.task}: test macro-F1 of the linear probe on the targets (mean ± std over "
           f"seeds {args.seeds}); chance {result['chance']['macro_f1']:.3f}")

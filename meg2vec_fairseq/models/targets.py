@@ -274,15 +274,9 @@ class CodeClassificationHead(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and accuracy of the head on the masked frames.
 
-        Parameters
-        ----------
-        encoded : torch.Tensor
-            ``(B, T', D)`` encoder output.
-        mask_indices : torch.Tensor
-            ``(B, T')`` boolean, True at masked frames.
-        codes : torch.Tensor
-            ``(B, frames >= T', codebooks)`` (cut to ``T'`` here, as fairseq cuts the
-            features to a multiple of ``crop_seq_to_multiple``).
+        ``encoded`` and ``mask_indices`` as in :meth:`.MaskedRegressionHead.loss`; ``codes``
+        are the quantizer's ``(B, frames >= T', codebooks)`` :attr:`stashed_codes
+        <RandomProjectionQuantizer.stashed_codes>`, cut to the encoder's ``T'`` frames.
 
         Returns
         -------
