@@ -366,6 +366,15 @@ def test_several_codebooks_each_code_their_own_projection():
     assert 1 < float(out["code_perplexity"]) <= 18  # mean over codebooks of 18 frames' codes
 
 
+def test_codes_are_float32_codes_under_autocast():
+    quantizer = RandomProjectionQuantizer(8, 60, 10, codebook_size=256, codebook_dim=4,
+                                          codebooks=2)
+    source = torch.randn(2, 8, 500)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = quantizer.codes(source)
+    assert torch.equal(under_autocast, quantizer.codes(source))
+
+
 def test_a_model_with_several_codebooks_trains_on_their_concatenation():
     model = build_meg2vec(in_channels=8, target_codebook_size=64, target_codebook_dim=8,
                           target_codebooks=4).train()

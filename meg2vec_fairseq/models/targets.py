@@ -153,7 +153,8 @@ class RandomProjectionQuantizer(nn.Module):
         """
         projected = self.project(source, padding_mask)
         codebook = self.codebook.float().view(self.codebooks, self.num_vars, self.codebook_dim)
-        return torch.einsum("bfkd,kvd->bfkv", projected, codebook).argmax(dim=-1)
+        with torch.autocast(device_type=source.device.type, enabled=False):  # float32 codes
+            return torch.einsum("bfkd,kvd->bfkv", projected, codebook).argmax(dim=-1)
 
     @torch.no_grad()
     def project(
