@@ -38,12 +38,18 @@ from meg2vec_fairseq.probing.report import write_json  # noqa: E402
 from meg2vec_fairseq.probing.run import run_probe  # noqa: E402
 from meg2vec_fairseq.probing.sources import SourceSpec  # noqa: E402
 
-#: The shipped configs' targets (``_meg2vec_common.yaml`` and ``meg2vec_tiny.yaml``'s convs).
+#: The shipped configs' targets (``_meg2vec_common.yaml``).
 SHIPPED = {"crop_norm": "center", "whiten": 0.0, "spectral_whiten": 0.0, "dim": 16,
            "size": 1024, "codebooks": 1}
-#: The tiny config's frame: receptive field and hop of its conv stack, in samples.
-TINY_FRAME = (60, 10)
 MODES = ("codes", "projection")
+
+
+def config_frame(config: str) -> Tuple[int, int]:
+    """Receptive field and hop (samples) of a shipped config's conv stack: one target frame."""
+    from meg2vec_fairseq.configs import load_pretraining_config
+    from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+
+    return conv_frame_geometry(load_pretraining_config(config).model.conv_feature_layers)
 
 
 def parse_target(text: str) -> Dict[str, object]:
@@ -55,7 +61,10 @@ def parse_target(text: str) -> Dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or key not in SHIPPED:
             raise ValueError(f"--targets {text!r}: expected key=value with keys {sorted(SHIPPED)}")
-        options[key] = value if key == "crop_norm" else type(SHIPPED[key])(float(value))
+        try:
+            options[key] = value if key == "crop_norm" else type(SHIPPED[key])(float(value))
+        except ValueError:
+            raise ValueError(f"--targets {text!r}: {key}={value!r} is not a number") from None
     return options
 
 
@@ -109,7 +118,8 @@ class TargetView:
         return {"kind": self.kind, "name": self.name, "options": self.options}
 
 
-def views(targets: Sequence[str], modes: Sequence[str], n_channels: int) -> List[SourceSpec]:
+def views(targets: Sequence[str], modes: Sequence[str], n_channels: int,
+          frame: Tuple[int, int]) -> List[SourceSpec]:
     """One seeded source per target option set and mode, in table order."""
     specs = []
     for text in targets:
@@ -117,8 +127,8 @@ def views(targets: Sequence[str], modes: Sequence[str], n_channels: int) -> List
         for mode in modes:
             name = f"{text} {mode}"
             specs.append(SourceSpec(name, lambda seed, name=name, options=options, mode=mode:
-                                    TargetView(name, options, mode, seed, n_channels,
-                                               TINY_FRAME), seeded=True))
+                                    TargetView(name, options, mode, seed, n_channels, frame),
+                                    seeded=True))
     return specs
 
 
@@ -129,6 +139,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--targets", nargs="+", default=["shipped"],
                         help="target option sets: 'shipped' or key=value,... (see above)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--config", default="meg2vec_tiny",
+                        help="shipped config whose conv stack sets the target frame")
     args = parser.parse_args(argv)
     try:
         for text in args.targets:
@@ -136,7 +148,9 @@ def main(argv: Sequence[str] = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     dataset = load_task(parser, args)
-    result = run_probe(dataset, views(args.targets, args.modes, dataset.n_channels), args.seeds)
+    frame = config_frame(args.config)
+    result = run_probe(dataset, views(args.targets, args.modes, dataset.n_channels, frame),
+                       args.seeds)
     print(f"{args.task}: test macro-F1 of the linear probe on the targets (mean ± std over "
           f"seeds {args.seeds}); chance {result['chance']['macro_f1']:.3f}")
     for source in result["sources"]:

@@ -94,9 +94,10 @@ def test_target_probe_probes_codes_and_projections(tmp_path):
     # two codebooks of 32 codes side by side, mean and std pooled
     assert report["sources"][2]["feature_dim"] == 2 * 2 * 32
     assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
-    bad = run_command([sys.executable, "benchmarks/target_probe.py", "--data", data,
-                       "--targets", "codebook=4"], timeout=60)
-    assert bad.returncode == 2 and "codebook=4" in bad.stderr
+    for option in ("codebook=4", "dim=wide"):
+        bad = run_command([sys.executable, "benchmarks/target_probe.py", "--data", data,
+                           "--targets", option], timeout=60)
+        assert bad.returncode == 2 and option in bad.stderr
 
 
 def test_spectral_whitening_flattens_a_one_over_f_spectrum():
