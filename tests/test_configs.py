@@ -36,7 +36,8 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     assert model.pretext_band_stop == ""
     assert model.pretext_phase_shift_classes == 0
     assert model.pretext_amplitude_scale_classes == 0
-    assert model.negatives_max_distance == 0
+    # negatives within 400 ms of the positive (research log, round 27f)
+    assert model.negatives_max_distance == 10
 
 
 def _tiny_with(tmp_path: Path, **model_fields) -> str:
