@@ -49,7 +49,7 @@ from meg2vec_fairseq.probing.report import write_json  # noqa: E402
 
 #: The seed's plain wav2vec 2.0 objective on top of the shipped config (its yaml comment).
 PLAIN_WAV2VEC2: List[str] = ["model.extractor_mode=default", "model.target_codebook_size=0",
-                             "model.mask_sensors_prob=0"]
+                             "model.mask_sensors_prob=0", "model.negatives_max_distance=0"]
 #: Built-in variants: the shipped recipe against plain wav2vec 2.0 (docs/pretraining_research.md;
 #: benchmarks/variants_*.json hold the ablations that were run).
 BUILTIN_VARIANTS: Dict[str, List[str]] = {

@@ -17,7 +17,8 @@ from meg2vec_fairseq.tasks.meg_pretraining import MegPretrainingConfig, MegPretr
 
 CONFIGS = ("meg2vec_tiny", "meg2vec_small", "meg2vec_base")
 #: The override line the README and the yamls give for the seed's plain objective.
-PLAIN_WAV2VEC2 = {"extractor_mode": "default", "target_codebook_size": 0, "mask_sensors_prob": 0.0}
+PLAIN_WAV2VEC2 = {"extractor_mode": "default", "target_codebook_size": 0, "mask_sensors_prob": 0.0,
+                  "negatives_max_distance": 0}
 
 
 def load(name: str):
@@ -58,7 +59,7 @@ def test_plain_wav2vec2_is_one_override_line_away(tmp_path):
     first_block = [m.feature_extractor.conv_layers[0] for m in (shipped, plain)]
     assert not any(isinstance(layer, torch.nn.GroupNorm) for layer in first_block[0])
     assert any(isinstance(layer, torch.nn.GroupNorm) for layer in first_block[1])
-    assert plain.cfg.mask_sensors_prob == 0
+    assert plain.cfg.mask_sensors_prob == 0 and plain.cfg.negatives_max_distance == 0
 
 
 @pytest.mark.parametrize("name", CONFIGS)
