@@ -169,9 +169,9 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
     args = parser.parse_args(argv)
-    dataset = load_task(parser, args)
     if args.dim < 1 or any(k < 1 for k in args.pca):
         parser.error("--dim and --pca must be >= 1")
+    dataset = load_task(parser, args)
     axes = principal_axes(os.path.join(args.data, "pretrain"), args.pca_files)
     if any(k > dataset.n_channels for k in args.pca):
         parser.error(f"--pca values must be <= the {dataset.n_channels} sensors")
