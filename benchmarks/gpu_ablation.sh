@@ -7,7 +7,8 @@
 # Usage there (needs the wheels of ../shared/gpu/RECIPE.md in .whl/, carried):
 #   bash benchmarks/gpu_ablation.sh OUT MAX_UPDATE VARIANTS "SEEDS" [DEADLINE_S]
 # Settings (env SETTINGS, names from the list below; default "gen1 gen2"):
-#   gen1: first generator setting, strong state;  gen2: second setting, strong state.
+#   gen1: first generator setting, strong state;  gen2: second setting, strong state;
+#   gen3: third setting (weak events, broad rhythms; round 26).
 # Phase 1: benchmarks/ablation.py per setting, all settings at once (PARALLEL processes in all).
 # Phase 2: benchmarks/probe_synthetic.py --finetune-fractions 0.1 per checkpoint and once for
 #   random-init, until DEADLINE_S seconds after the start (default 520); unfinished jobs are cut.
@@ -43,6 +44,8 @@ setting_args() {
     gen1) echo "--state-alpha-suppression 0.4 --state-response 0.15" ;;
     gen2) echo "--state-alpha-suppression 0.4 --state-response 0.15 --event-snr 1.5" \
                "--rhythm-bandwidth 1.0 --generator-seed 4321" ;;
+    gen3) echo "--state-alpha-suppression 0.3 --state-response 0.10 --event-snr 1.0" \
+               "--rhythm-bandwidth 3.0 --generator-seed 777" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }
