@@ -21,6 +21,8 @@
 #   ablation.py --reuse-checkpoints); phase 2 is skipped.
 # FINETUNE=0: phase 1 as usual (pre-training and linear probes), phase 2 skipped (leaves the
 #   cores to another instance of this script in the same call).
+# One call brings back a limited number of files (8 in round 28; the rest are listed as left
+#   out): with two instances in a call, send their logs into OUT/<name>/ or drop SAVE_VARIANTS.
 # Try it on CPU first: DEVICE=cpu bash benchmarks/gpu_ablation.sh /tmp/o 3 V "1" 400
 set -u
 OUT=${1:?usage: gpu_ablation.sh OUT MAX_UPDATE VARIANTS "SEEDS" [DEADLINE_S]}
