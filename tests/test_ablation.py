@@ -111,3 +111,37 @@ def test_a_run_that_aborts_after_its_last_checkpoint_is_evaluated(aborting_at_ex
     for seed, expected in (("1", 0), ("2", 1)):
         assert ablation.main(["--out", str(tmp_path / f"only{seed}"), "--variants", variants,
                               "--pretrain-seeds", seed, "--pretrain-only"]) == expected
+
+
+def _variant_files():
+    return sorted(name for name in os.listdir(os.path.join(REPO_ROOT, "benchmarks"))
+                  if name.startswith("variants_") and name.endswith(".json"))
+
+
+@pytest.mark.parametrize("name", _variant_files())
+def test_every_variant_file_names_real_fields(name):
+    """The research log's commands rerun: each override names a field of the model or the
+    criterion, and one without '+' is listed in the shipped yaml (hydra refuses it otherwise)."""
+    import dataclasses
+
+    from fairseq.criterions.wav2vec_criterion import Wav2VecCriterionConfig
+
+    from meg2vec_fairseq import configs
+    from meg2vec_fairseq.models.meg2vec import Meg2VecConfig
+
+    fields = {"model": {f.name for f in dataclasses.fields(Meg2VecConfig)},
+              "criterion": {f.name for f in dataclasses.fields(Wav2VecCriterionConfig)}}
+    composed = configs.load_pretraining_config("meg2vec_tiny")
+    with open(os.path.join(REPO_ROOT, "benchmarks", name)) as f:
+        variants = json.load(f)
+    assert variants and isinstance(variants, dict)
+    for variant, overrides in variants.items():
+        for override in overrides:
+            key, sep, _ = override.partition("=")
+            assert sep, f"{name}: {variant}: {override!r} is not key=value"
+            group, _, field_name = key.lstrip("+").partition(".")
+            if group in fields:
+                assert field_name in fields[group], f"{name}: {variant}: no field {key!r}"
+            if not key.startswith("+"):
+                assert field_name in composed[group], \
+                    f"{name}: {variant}: {key!r} is not in the yaml (needs '+')"
