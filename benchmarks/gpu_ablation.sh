@@ -23,6 +23,9 @@
 #   cores to another instance of this script in the same call).
 # One call brings back a limited number of files (8 in round 28; the rest are listed as left
 #   out): with two instances in a call, send their logs into OUT/<name>/ or drop SAVE_VARIANTS.
+# DATA_DIR: where the synthetic data go (default WORK/data); instances of this script in one
+#   call that pre-train on the same setting and corpus size can share one (the generator builds
+#   into a temporary folder and renames it, so concurrent builds do not clash).
 # Try it on CPU first: DEVICE=cpu bash benchmarks/gpu_ablation.sh /tmp/o 3 V "1" 400
 set -u
 OUT=${1:?usage: gpu_ablation.sh OUT MAX_UPDATE VARIANTS "SEEDS" [DEADLINE_S]}
@@ -36,6 +39,7 @@ BUDGET_MINUTES=${BUDGET_MINUTES:-5}
 DEVICE=${DEVICE:-auto}
 START=$(date +%s)
 WORK=${WORK:-/tmp/round}
+DATA_DIR=${DATA_DIR:-$WORK/data}
 mkdir -p "$OUT" "$WORK"
 source "$(dirname "$0")/gpu_env.sh"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; date -u) \
@@ -57,7 +61,7 @@ per_setting=$(( (PARALLEL + n_settings - 1) / n_settings ))
 # phase 1: pre-training and linear probes, every setting at once
 for s in $SETTINGS; do
   timeout $((DEADLINE - 60)) python3 benchmarks/ablation.py --out "$WORK/$s" \
-    --data-dir "$WORK/data" --variants "$VARIANTS" --pretrain-seeds $SEEDS \
+    --data-dir "$DATA_DIR" --variants "$VARIANTS" --pretrain-seeds $SEEDS \
     --max-update "$MAX_UPDATE" --budget-minutes "$BUDGET_MINUTES" --parallel $per_setting \
     --threads 1 --device "$DEVICE" --set dataset.num_workers=0 --seeds 0 1 2 \
     --finetune-fractions $(setting_args $s) ${PRETRAIN_ONLY:+--pretrain-only} ${EXTRA_ARGS:-} \
@@ -73,7 +77,7 @@ done
 # phase 2: 10 % fine-tuning, checkpoints and random-init, until the deadline
 jobs_file="$WORK/ft_jobs.txt"; : > "$jobs_file"
 for s in $SETTINGS; do
-  common="--data-dir $WORK/data --evaluate checkpoint --reuse-checkpoint --tasks event state"
+  common="--data-dir $DATA_DIR --evaluate checkpoint --reuse-checkpoint --tasks event state"
   common="$common --layers last --seeds 0 1 2 --finetune-fractions 0.1 --threads 1"
   common="$common --device $DEVICE $(setting_args $s)"
   first=""
