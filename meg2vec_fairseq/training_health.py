@@ -10,6 +10,12 @@ Each rule comes from measured runs (docs/pretraining_research.md):
   seed's plain wav2vec 2.0 objective on tiny ended 600 updates at 2.6-2.8 times chance with
   features below random weights. Learning runs in the log's ablations were at 3.5 times chance
   or more from update 500 on, the shipped recipe at 10 times by update 500.
+  With near negatives (``negatives_max_distance``) a run that never learned sits far above
+  that: ``meg2vec_small`` with negatives within 10 frames kept 0.10 (10 times chance) from
+  update 10 to 1500 and probed below random weights (round 29e), while learning runs rose
+  from their starting level (~0.10-0.14 through a plateau of 150-400 updates) to 2.4-4.4
+  times it by update 500-600 (rounds 29c, 29f). So a run is also stuck when its accuracy
+  ends below 1.5 times the lowest it logged in the first half of the run.
 * **memorising** (rounds 23a-24): on 16 minutes of pre-training data the tiny encoder's
   training accuracy rose to 0.83 while the validation recordings stayed at 0.45, and the
   sustained-state probe fell from 0.706 to 0.621; with 64 minutes the two accuracies stayed
@@ -33,6 +39,8 @@ MIN_UPDATES = 500
 MAX_ACCURACY_GAP = 0.15
 MIN_CODE_PERPLEXITY = 50.0
 CHANCE_FACTOR = 3.0
+#: Final accuracy below this multiple of the lowest in the run's first half: no learning.
+MIN_ACCURACY_RISE = 1.5
 
 
 @dataclass
@@ -127,7 +135,7 @@ def check_pretraining_log(text: str, source: str = "log", num_negatives: Optiona
         num_negatives = logged_num_negatives(text)
     if num_negatives is not None:
         report.chance = 1.0 / (num_negatives + 1)
-    _check_chance(report, min_updates)
+    _check_chance(report, train, min_updates)
     if valid:
         _check_memorising(report, train, valid[-1], max_accuracy_gap)
         report.code_perplexity = valid[-1].get("code_perplexity")
@@ -145,19 +153,36 @@ def _with_accuracy(records: List[Dict[str, float]]) -> List[Dict[str, float]]:
     return [r for r in records if "accuracy" in r and "num_updates" in r]
 
 
-def _check_chance(report: HealthReport, min_updates: int) -> None:
+def _check_chance(report: HealthReport, train: List[Dict[str, float]],
+                  min_updates: int) -> None:
+    if report.updates < min_updates:
+        report.notes.append(f"only {report.updates} updates (< {min_updates}): too early to "
+                            "judge 'stuck near chance'")
+        return
+    advice = ("the features will be no better than random weights: lower the learning rate, "
+              "change the seed, or draw negatives further away (model.negatives_max_distance)")
     if report.chance is None:
         report.notes.append("number of negatives unknown (not in the log; give it): "
                             "'stuck near chance' not checked")
-    elif report.updates < min_updates:
-        report.notes.append(f"only {report.updates} updates (< {min_updates}): too early to "
-                            "judge 'stuck near chance'")
     elif report.train_accuracy < CHANCE_FACTOR * report.chance:
         report.problems.append(
             f"stuck near chance: contrastive accuracy {report.train_accuracy:.3f} after "
-            f"{report.updates} updates (< {CHANCE_FACTOR:g} x chance {report.chance:.3f}); the "
-            "features will be no better than random weights: lower the learning rate or change "
-            "the seed")
+            f"{report.updates} updates (< {CHANCE_FACTOR:g} x chance {report.chance:.3f}); "
+            + advice)
+        return
+    # the start: the training lines of the run's first half (a late dip is not a start)
+    start = [r for r in train[:-1] if r["num_updates"] <= report.updates / 2]
+    if not start:
+        report.notes.append("no training line in the first half of the run: 'stuck at its "
+                            "starting accuracy' not checked")
+        return
+    lowest = min(start, key=lambda record: record["accuracy"])
+    if report.train_accuracy < MIN_ACCURACY_RISE * lowest["accuracy"]:
+        report.problems.append(
+            f"stuck at its starting accuracy: contrastive accuracy {report.train_accuracy:.3f} "
+            f"after {report.updates} updates, below {MIN_ACCURACY_RISE:g} x its lowest in the "
+            f"first half ({lowest['accuracy']:.3f} at update {int(lowest['num_updates'])}); "
+            + advice)
 
 
 def _check_memorising(report: HealthReport, train: List[Dict[str, float]],

@@ -53,6 +53,27 @@ def test_a_run_stuck_near_chance_is_found():
     assert "0.025" in report.problems[0] and "1390" in report.problems[0]
 
 
+def test_a_run_flat_above_chance_is_found():
+    # round 29e: near negatives, 100 negatives, 0.095 at update 10 and 0.102 at 1500 (10 x
+    # chance, so the chance rule alone called it healthy); probes below random weights
+    flat = [(10, 0.095), (100, 0.11), (500, 0.10), (1000, 0.10), (1500, 0.102)]
+    report = check_pretraining_log(log_text(flat, [(1500, 0.096, 412.0)]))
+    assert not report.healthy
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("stuck at its starting accuracy")
+    assert "0.102" in report.problems[0] and "0.095 at update 10" in report.problems[0]
+
+
+def test_a_plateau_then_a_rise_is_healthy():
+    # round 29f / tiny: ~0.10-0.14 for the first 150-400 updates, then learning
+    rising = [(10, 0.14), (100, 0.13), (200, 0.14), (300, 0.24), (500, 0.31), (600, 0.44)]
+    report = check_pretraining_log(log_text(rising, [(600, 0.38, 600.0)]))
+    assert report.healthy, report.problems
+    # the same shape cut at update 200 is too early to judge, not stuck
+    early = check_pretraining_log(log_text(rising[:3]))
+    assert early.healthy and any("too early" in note for note in early.notes)
+
+
 def test_stuck_is_not_judged_before_min_updates():
     report = check_pretraining_log(log_text([(100, 0.02), (300, 0.02)]), min_updates=500)
     assert report.healthy
@@ -62,10 +83,14 @@ def test_stuck_is_not_judged_before_min_updates():
 def test_stuck_needs_the_number_of_negatives():
     text = log_text([(100, 0.02), (1000, 0.02)], config=None)
     report = check_pretraining_log(text)
-    assert report.healthy and report.chance is None
+    assert report.chance is None
     assert any("negatives unknown" in note for note in report.notes)
+    # the rise rule needs no negatives: a flat accuracy is stuck either way
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("stuck at its starting accuracy")
     given = check_pretraining_log(text, num_negatives=20)
-    assert given.chance == 1 / 21 and not given.healthy
+    assert given.chance == 1 / 21 and len(given.problems) == 1
+    assert given.problems[0].startswith("stuck near chance")
 
 
 def test_memorising_compares_training_at_the_last_validation():

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Check a pre-training log for failed learning: stuck near chance, memorising, codebook collapse.
+"""Check a pre-training log for failed learning: stuck (near chance, or at its starting accuracy),
+memorising, codebook collapse.
 
 Example::
 
