@@ -135,7 +135,7 @@ def check_pretraining_log(text: str, source: str = "log", num_negatives: Optiona
         num_negatives = logged_num_negatives(text)
     if num_negatives is not None:
         report.chance = 1.0 / (num_negatives + 1)
-    _check_chance(report, train, min_updates)
+    _check_stuck(report, train, min_updates)
     if valid:
         _check_memorising(report, train, valid[-1], max_accuracy_gap)
         report.code_perplexity = valid[-1].get("code_perplexity")
@@ -153,8 +153,8 @@ def _with_accuracy(records: List[Dict[str, float]]) -> List[Dict[str, float]]:
     return [r for r in records if "accuracy" in r and "num_updates" in r]
 
 
-def _check_chance(report: HealthReport, train: List[Dict[str, float]],
-                  min_updates: int) -> None:
+def _check_stuck(report: HealthReport, train: List[Dict[str, float]],
+                 min_updates: int) -> None:
     if report.updates < min_updates:
         report.notes.append(f"only {report.updates} updates (< {min_updates}): too early to "
                             "judge 'stuck near chance'")
