@@ -17,7 +17,11 @@ seeds) as the benchmark:
 - ``PCA <k>``: the top ``k`` principal components of the *unlabelled* pre-training recordings
   (what a variance-keeping unsupervised spatial filter could learn);
 - ``conv1 of <config>``: the first (linear) convolution of the config's conv encoder with
-  fresh weights (sensors and 10 samples mixed into each feature).
+  fresh weights (sensors and 10 samples mixed into each feature);
+- with ``--frame-views``: the sensors cut into the frames of ``--config``'s conv encoder (its
+  receptive field and stride), each frame summarised by its mean per sensor (the low-passed
+  waveform) or by its mean and log variance (power), also on the top ``--pca`` components:
+  which per-frame summary a frame-level encoder would have to keep for the task.
 
 Random views are redrawn per probe seed. Prints a table; ``--json`` writes the result.
 
@@ -89,6 +93,51 @@ class FirstConv(RawSource):
         return {"kind": "first conv", "name": self.name}
 
 
+class FrameSummary(RawSource):
+    """The sensors (or a fixed ``(C, D)`` view of them) cut into frames of ``receptive_field``
+    samples every ``stride`` samples, each frame summarised by its mean per feature, and with
+    ``log_power`` also by its log variance (appended after the means)."""
+
+    def __init__(self, name: str, receptive_field: int, stride: int, log_power: bool,
+                 matrix: np.ndarray = None) -> None:
+        super().__init__()
+        self.name, self.matrix, self.log_power = name, matrix, log_power
+        self.receptive_field, self.stride = receptive_field, stride
+        self.min_samples = receptive_field
+
+    def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', D)`` and frame centres."""
+        if self.matrix is not None:
+            windows = np.einsum("bct,cd->bdt", windows, self.matrix)
+        n_frames = (windows.shape[-1] - self.receptive_field) // self.stride + 1
+        starts = np.arange(n_frames) * self.stride
+        cut = windows[..., starts[:, None] + np.arange(self.receptive_field)]  # (B, D, T', rf)
+        summary = cut.mean(axis=-1)
+        if self.log_power:
+            summary = np.concatenate([summary, np.log(cut.var(axis=-1) + 1e-8)], axis=1)
+        return np.transpose(summary, (0, 2, 1)), starts + (self.receptive_field - 1) / 2.0
+
+    def describe(self) -> Dict[str, object]:
+        """What the view is, for the result JSON."""
+        return {"kind": "frame summary", "name": self.name,
+                "receptive_field": self.receptive_field, "stride": self.stride}
+
+
+def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndarray]
+                ) -> List[SourceSpec]:
+    """The ``--frame-views`` rows: frame means, frame means and log variances, and the latter
+    on the top ``pca`` components; frames of ``config``'s conv encoder."""
+    from meg2vec_fairseq.configs import load_pretraining_config
+    from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+
+    geometry = conv_frame_geometry(load_pretraining_config(config).model.conv_feature_layers)
+    summaries = [FrameSummary("frame mean", *geometry, log_power=False),
+                 FrameSummary("frame mean + log power", *geometry, log_power=True)]
+    summaries += [FrameSummary(f"PCA {k} frame mean + log power", *geometry, log_power=True,
+                               matrix=axes[1][:, :k]) for k in pca]
+    return [SourceSpec(view.name, lambda seed, view=view: view) for view in summaries]
+
+
 def zscore_windows(windows: np.ndarray) -> np.ndarray:
     """Each sensor of each window z-scored over time."""
     centred = windows - windows.mean(axis=-1, keepdims=True)
@@ -154,6 +203,8 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
         specs.append(SourceSpec(f"conv1 of {args.config}",
                                 lambda seed: FirstConv(args.config, seed, n_channels),
                                 seeded=True))
+    if args.frame_views:
+        specs += frame_views(args.frame_config, args.pca, axes)
     return specs
 
 
@@ -166,6 +217,12 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="random projection width")
     parser.add_argument("--config", default="meg2vec_tiny",
                         help="config whose first conv is probed ('' to skip)")
+    parser.add_argument("--frame-views", action="store_true",
+                        help="add per-frame summaries (mean; mean and log variance) of the "
+                        "sensors and of the top --pca components, frames of --frame-config")
+    parser.add_argument("--frame-config", default="meg2vec_tiny",
+                        help="config whose conv encoder's receptive field and stride cut the "
+                        "frames of --frame-views")
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
     args = parser.parse_args(argv)
