@@ -27,6 +27,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * data2vec targets: regression of an EMA teacher's averaged top layers
   (``target_teacher_layers``, ``target_teacher_decay``, ``target_teacher_end_decay``,
   ``target_teacher_anneal_updates``; :mod:`.teacher`);
+* each frame's per-sensor log power regressed from the convolutional encoder's output, so
+  the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -47,7 +49,8 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      band_power_loss,  (only with target_band_power)
      reconstruction_loss,  (only with target_reconstruction)
      teacher_loss,  (only with target_teacher_layers)
-     code_classification_loss]  (only with target_code_classification)
+     code_classification_loss,  (only with target_code_classification)
+     frame_power_loss]  (only with cnn_frame_power)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
 ``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
@@ -84,6 +87,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .band_power import BandPowerTargets
+from .frame_power import FramePowerTargets
 from .pretext import PretextTasks, parse_bands
 from .reconstruction import SensorReconstructionTargets
 from .spatial_filter import PrincipalSubspaceWhitening
@@ -295,6 +299,18 @@ class Meg2VecConfig(Wav2Vec2Config):
             "target_codebooks codebooks (cross-entropy), as an extra loss after the teacher "
             "loss (add its criterion.loss_weights entry); its accuracy is in the net output as "
             "code_classification_accuracy (criterion.log_keys). The contrastive loss stays"
+        },
+    )
+    cnn_frame_power: bool = field(
+        default=False,
+        metadata={
+            "help": "a linear head on the convolutional encoder's output (every frame, after "
+            "its layer norm, before time masking) regresses the log variance of every sensor "
+            "over that frame's receptive field (standardised with the batch's statistics; "
+            "from the full input, before sensor masking), so that the convolutions keep each "
+            "frame's power per sensor, which the waveform-linear random-projection codes do "
+            "not ask for; an extra loss after the code-classification loss (add its "
+            "criterion.loss_weights entry)"
         },
     )
     target_teacher_decay: float = field(
@@ -510,6 +526,15 @@ class Meg2VecModel(Wav2Vec2Model):
             self.code_head = CodeClassificationHead(
                 cfg.encoder_embed_dim, cfg.target_codebook_size, self.quantizer.codebooks
             )
+        self.frame_power: Optional[FramePowerTargets] = None
+        if getattr(cfg, "cnn_frame_power", False):
+            receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
+            self.frame_power = FramePowerTargets(
+                feature_dim=self.embed,  # fairseq's width of the conv output
+                in_channels=cfg.in_channels,
+                receptive_field=receptive_field,
+                stride=stride,
+            )
 
     @classmethod
     def build_model(cls, cfg: Meg2VecConfig, task=None) -> "Meg2VecModel":
@@ -578,6 +603,11 @@ class Meg2VecModel(Wav2Vec2Model):
                 (name, head, head.targets(source, padding_mask))
                 for name, head in self._regression_heads()
             ]
+            frame_power_targets = (
+                self.frame_power.targets(source, padding_mask)
+                if self.frame_power is not None
+                else None
+            )
             if self.training and self.cfg.mask_sensors_prob > 0:
                 source = mask_sensors(source, self.cfg.mask_sensors_prob)
             captured: List[torch.Tensor] = []
@@ -591,13 +621,20 @@ class Meg2VecModel(Wav2Vec2Model):
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
                 )
+            conv_output: List[torch.Tensor] = []
+            conv_handle = None
+            if self.frame_power is not None:  # fairseq's layer norm of the conv output
+                conv_handle = self.layer_norm.register_forward_hook(
+                    lambda _module, _args, output: conv_output.append(output)
+                )
             try:
                 result = super().forward(
                     source, padding_mask, mask=mask, features_only=False, **kwargs
                 )
             finally:
-                if handle is not None:
-                    handle.remove()
+                for hook in (handle, conv_handle):
+                    if hook is not None:
+                        hook.remove()
             if view is not None:  # the heads read the transformed view, never masked
                 encoded = super().forward(view, padding_mask, mask=False, features_only=True)
                 result.update(self.pretext(encoded["x"], encoded["padding_mask"], labels))
@@ -616,6 +653,16 @@ class Meg2VecModel(Wav2Vec2Model):
                 )
                 result["code_classification_loss"] = loss
                 result["code_classification_accuracy"] = accuracy
+            if self.frame_power is not None:
+                features = conv_output[0]  # (B, T, C), before fairseq's crop to a multiple
+                frame_padding = result.get("padding_mask")
+                if frame_padding is None:
+                    frames = features.new_ones(features.shape[:2], dtype=torch.bool)
+                else:
+                    features, frames = features[:, : frame_padding.size(1)], ~frame_padding
+                result["frame_power_loss"] = self.frame_power.loss(
+                    features, frames, frame_power_targets
+                )
             return result
         finally:
             self._mask_indices = None
@@ -637,6 +684,7 @@ class Meg2VecModel(Wav2Vec2Model):
             or cfg.mask_sensors_prob > 0
             or bool(self._regression_heads())
             or self.teacher is not None
+            or self.frame_power is not None
         )
 
     def apply_mask(self, x, padding_mask, mask_indices=None, mask_channel_indices=None):
@@ -707,8 +755,9 @@ class Meg2VecModel(Wav2Vec2Model):
     def get_extra_losses(self, net_output) -> List[Optional[torch.Tensor]]:
         """fairseq's ``[diversity, features_pen]``, one loss per enabled pretext family, then
         the band-power loss (``target_band_power``), the reconstruction loss
-        (``target_reconstruction``), the teacher loss (``target_teacher_layers``) and the
-        code-classification loss (``target_code_classification``) when they are on.
+        (``target_reconstruction``), the teacher loss (``target_teacher_layers``), the
+        code-classification loss (``target_code_classification``) and the frame-power loss
+        (``cnn_frame_power``) when they are on.
 
         Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
         phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
@@ -722,6 +771,8 @@ class Meg2VecModel(Wav2Vec2Model):
             losses.append(net_output.get("teacher_loss"))
         if self.code_head is not None:
             losses.append(net_output.get("code_classification_loss"))
+        if self.frame_power is not None:
+            losses.append(net_output.get("frame_power_loss"))
         return losses
 
     def set_num_updates(self, num_updates: int) -> None:
@@ -732,13 +783,15 @@ class Meg2VecModel(Wav2Vec2Model):
 
     def remove_pretraining_modules(self, last_layer=None) -> None:
         """fairseq's removal of the pre-training modules, plus the pretext heads, the
-        regression heads, the data2vec teacher and the code-classification head."""
+        regression heads, the data2vec teacher, the code-classification head and the
+        frame-power head."""
         super().remove_pretraining_modules(last_layer=last_layer)
         self.pretext = None
         self.code_head = None
         self.band_power = None
         self.reconstruction = None
         self.teacher = None
+        self.frame_power = None
 
 
 def pretext_enabled(cfg: Meg2VecConfig) -> bool:

@@ -1,0 +1,63 @@
+"""Each frame's sensor power, kept by the convolutional encoder (a retention loss).
+
+Notes
+-----
+The frozen random-projection targets (:mod:`.targets`) are linear in each frame's waveform,
+so a weak oscillatory transient (a burst, induced activity) changes them with its phase and a
+code holds little of it; the encoder is never asked for its power, and a stack of random
+convolutions loses it (docs/pretraining_research.md, rounds 26e and 30). On the synthetic
+benchmark each frame's per-sensor log variance keeps the weak events at the raw sensors'
+level while the frame's mean waveform does not. Here a linear head on the *convolutional
+encoder's output* (every frame, after its layer norm, before time masking) regresses the log
+variance of every sensor over that frame's receptive field, standardised with the batch's
+statistics: the convolutions must keep each frame's power per sensor, as a linear read-out of
+short-window power per sensor (the standard feature of induced MEG activity) would. Unlike
+the masked regression heads, nothing here has to be predicted from context: the target is a
+function of the frame the convolutions see (minus the masked sensors, so they also learn to
+fill those in from their neighbours).
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .masked_regression import MaskedRegressionHead, standardise_frames
+
+
+class FramePowerTargets(MaskedRegressionHead):
+    """Per-frame log variance of each sensor, and the linear head on the CNN output.
+
+    Parameters
+    ----------
+    feature_dim : int
+        Dimension of the convolutional encoder's output (its last layer's channels).
+    in_channels : int
+        Number of sensors (the target dimension).
+    receptive_field, stride : int
+        Input window and hop of one frame of the conv encoder (samples).
+    """
+
+    def __init__(self, feature_dim: int, in_channels: int, receptive_field: int,
+                 stride: int) -> None:
+        super().__init__(feature_dim, in_channels)
+        self.receptive_field = receptive_field
+        self.stride = stride
+
+    @torch.no_grad()
+    def targets(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``(B, C, T)`` -> ``(B, frames, C)`` standardised log variance per sensor,
+        ``frames = (T - receptive_field) // stride + 1`` (the conv encoder's frame count).
+
+        Padded samples are zeroed first (they only reach frames that fairseq marks as padding,
+        which the loss skips)."""
+        with torch.autocast(device_type=source.device.type, enabled=False):
+            x = source.float()
+            if padding_mask is not None:
+                x = x * (~padding_mask).unsqueeze(1)
+            mean = F.avg_pool1d(x, self.receptive_field, stride=self.stride)
+            power = F.avg_pool1d(x.pow(2), self.receptive_field, stride=self.stride)
+            log_power = (power - mean.pow(2)).clamp_min(1e-8).log()
+            return standardise_frames(log_power.transpose(1, 2))
