@@ -45,22 +45,20 @@ sys.path.insert(0, REPO_ROOT)
 
 import probe_synthetic as ps  # noqa: E402
 
+from meg2vec_fairseq.configs import plain_wav2vec2_overrides  # noqa: E402
 from meg2vec_fairseq.probing.report import write_json  # noqa: E402
 
-#: The seed's plain wav2vec 2.0 objective on top of the shipped config (its yaml comment).
-PLAIN_WAV2VEC2: List[str] = ["model.extractor_mode=default", "model.target_codebook_size=0",
-                             "model.mask_sensors_prob=0", "model.negatives_max_distance=0"]
-#: Built-in variants: the shipped recipe against plain wav2vec 2.0 (docs/pretraining_research.md;
-#: benchmarks/variants_*.json hold the ablations that were run).
-BUILTIN_VARIANTS: Dict[str, List[str]] = {
-    "shipped": [],
-    "wav2vec2": PLAIN_WAV2VEC2,
-}
+#: Names of the built-in variants: the shipped recipe against plain wav2vec 2.0 (the seed's
+#: objective, :func:`~meg2vec_fairseq.configs.plain_wav2vec2_overrides` of ``--config``);
+#: benchmarks/variants_*.json hold the ablations that were run (docs/pretraining_research.md).
+BUILTIN_VARIANTS = ("shipped", "wav2vec2")
 BASELINE = "shipped"
 
 
-def load_variants(path: Optional[str], only: Optional[Sequence[str]]) -> Dict[str, List[str]]:
-    """Variants from a JSON/YAML file (or the built-in list), optionally a named subset."""
+def load_variants(path: Optional[str], only: Optional[Sequence[str]],
+                  config: str = "meg2vec_tiny") -> Dict[str, List[str]]:
+    """Variants from a JSON/YAML file (or the built-in ones on ``config``), optionally a named
+    subset."""
     if path:
         if not os.path.isfile(path):
             raise SystemExit(f"error: --variants {path}: no such file")
@@ -78,7 +76,7 @@ def load_variants(path: Optional[str], only: Optional[Sequence[str]]) -> Dict[st
             raise SystemExit(f"error: --variants {path}: expected a mapping name -> list of "
                              "override strings")
     else:
-        variants = dict(BUILTIN_VARIANTS)
+        variants = {"shipped": [], "wav2vec2": plain_wav2vec2_overrides(config)}
     if only:
         unknown = [name for name in only if name not in variants]
         if unknown:
@@ -285,7 +283,7 @@ def main(argv=None) -> int:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.max_update < 1:
         parser.error(f"--max-update must be >= 1, got {args.max_update}")
-    variants = load_variants(args.variants, args.only)
+    variants = load_variants(args.variants, args.only, args.config)
     out = os.path.abspath(args.out)
     args.data_dir = os.path.abspath(args.data_dir or os.path.join(out, "data"))
     device = "cpu" if args.device == "cpu" else "auto"

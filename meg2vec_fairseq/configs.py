@@ -19,6 +19,17 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "pretraining"
 #: The defaults-list entry that stands for the file's own content.
 SELF = "_self_"
 
+#: ``model.`` fields that turn a shipped config's objective into the seed's plain wav2vec 2.0
+#: (GroupNorm feature encoder, learned Gumbel quantizer, uniform negatives, no sensor masking,
+#: no frame-power loss); see :func:`plain_wav2vec2_overrides` for the loss weights.
+PLAIN_WAV2VEC2_MODEL = {
+    "extractor_mode": "default",
+    "target_codebook_size": 0,
+    "mask_sensors_prob": 0,
+    "negatives_max_distance": 0,
+    "cnn_frame_power": False,
+}
+
 
 def resolve_config_path(name_or_path: Union[str, "os.PathLike[str]"]) -> Path:
     """The yaml file of a config: an existing path, or the name of a shipped config.
@@ -127,3 +138,39 @@ def _compose(path: Path, seen: List[Path]) -> DictConfig:
     merged = OmegaConf.merge(*parts)
     assert isinstance(merged, DictConfig)
     return merged
+
+
+def plain_wav2vec2_overrides(name_or_path: Union[str, "os.PathLike[str]"]) -> List[str]:
+    """Command-line overrides that give a config the seed's plain wav2vec 2.0 objective.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A shipped config name or a yaml path (see :func:`resolve_config_path`).
+
+    Returns
+    -------
+    list of str
+        ``model.<field>=<value>`` for each of :data:`PLAIN_WAV2VEC2_MODEL`, then
+        ``criterion.loss_weights=[<diversity>,<feature penalty>]``: the config's first two
+        weights, the only extra losses plain wav2vec 2.0 has (fairseq's criterion needs one
+        weight per extra loss, so the shipped frame-power entry has to go).
+
+    Raises
+    ------
+    InputError
+        If the config cannot be read (:func:`load_pretraining_config`) or has fewer than two
+        ``criterion.loss_weights``.
+    """
+    cfg = load_pretraining_config(name_or_path)
+    weights = list(cfg.get("criterion", {}).get("loss_weights", []) or [])
+    if len(weights) < 2:
+        raise InputError(
+            f"{resolve_config_path(name_or_path)}: criterion.loss_weights needs at least the "
+            f"diversity and feature-penalty weights, got {weights}"
+        )
+    model = [
+        f"model.{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for key, value in PLAIN_WAV2VEC2_MODEL.items()
+    ]
+    return model + [f"criterion.loss_weights=[{weights[0]},{weights[1]}]"]

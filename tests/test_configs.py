@@ -16,9 +16,6 @@ from meg2vec_fairseq.probing import sources as pr
 from meg2vec_fairseq.tasks.meg_pretraining import MegPretrainingConfig, MegPretrainingTask
 
 CONFIGS = ("meg2vec_tiny", "meg2vec_small", "meg2vec_base")
-#: The override line the README and the yamls give for the seed's plain objective.
-PLAIN_WAV2VEC2 = {"extractor_mode": "default", "target_codebook_size": 0, "mask_sensors_prob": 0.0,
-                  "negatives_max_distance": 0}
 
 
 def load(name: str):
@@ -42,6 +39,30 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     # (round 29e-f)
     assert model.negatives_max_distance == (10 if name == "meg2vec_tiny" else 25)
     assert model.negatives_max_distance > 2 * model.mask_length
+    # the convolutions keep each frame's sensor power (round 30), weight 1 after the
+    # diversity and feature-penalty weights
+    assert model.cnn_frame_power is True
+    assert list(load(name).criterion.loss_weights)[2:] == [1.0]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_one_loss_weight_per_extra_loss_shipped_and_plain(name, tmp_path):
+    """fairseq's criterion asserts one ``criterion.loss_weights`` entry per extra loss: the
+    shipped configs and their plain wav2vec 2.0 override line both match."""
+    from meg2vec_fairseq.configs import PLAIN_WAV2VEC2_MODEL, plain_wav2vec2_overrides
+
+    overrides = plain_wav2vec2_overrides(name)
+    assert overrides[-1] == "criterion.loss_weights=[{},{}]".format(
+        *list(load(name).criterion.loss_weights)[:2])
+    for fields, weights in (({}, list(load(name).criterion.loss_weights)),
+                            (PLAIN_WAV2VEC2_MODEL, list(load(name).criterion.loss_weights)[:2])):
+        raw = load(name)
+        raw.model.update(fields)
+        path = tmp_path / f"{len(fields)}.yaml"
+        OmegaConf.save(raw, path)
+        model, _ = pr.build_random_model(str(path), 0, 8)
+        extra = model.train().get_extra_losses(model(torch.randn(2, 8, 1250)))
+        assert len(extra) == len(weights), (name, fields)
 
 
 def _tiny_with(tmp_path: Path, **model_fields) -> str:
@@ -56,13 +77,14 @@ def _tiny_with(tmp_path: Path, **model_fields) -> str:
 
 def test_plain_wav2vec2_is_one_override_line_away(tmp_path):
     shipped, _ = pr.build_random_model(_tiny_with(tmp_path / "shipped"), 0, 16)
-    plain, _ = pr.build_random_model(_tiny_with(tmp_path, **PLAIN_WAV2VEC2), 0, 16)
+    plain, _ = pr.build_random_model(_tiny_with(tmp_path, **configs.PLAIN_WAV2VEC2_MODEL), 0, 16)
     assert isinstance(shipped.quantizer, RandomProjectionQuantizer)
     assert isinstance(plain.quantizer, GumbelVectorQuantizer)
     first_block = [m.feature_extractor.conv_layers[0] for m in (shipped, plain)]
     assert not any(isinstance(layer, torch.nn.GroupNorm) for layer in first_block[0])
     assert any(isinstance(layer, torch.nn.GroupNorm) for layer in first_block[1])
     assert plain.cfg.mask_sensors_prob == 0 and plain.cfg.negatives_max_distance == 0
+    assert shipped.frame_power is not None and plain.frame_power is None
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -965,7 +965,8 @@ def test_hydra_train_with_every_objective_on(tmp_path):
         str(data), n_recordings=2, seconds_per_recording=10, n_valid_recordings=1, seed=5
     )
     log_keys = ["prob_perplexity", "code_perplexity", "temp", *ACCURACY_KEYS]
-    # The shipped yamls list every objective field, so plain "model.<field>=" overrides work.
+    # The shipped yamls list every objective field, so plain "model.<field>=" overrides work;
+    # weights: diversity, feature penalty, three pretext heads, the shipped frame power.
     # fmt: off
     command = [
         "fairseq-hydra-train", "--config-dir", "config/pretraining", "--config-name",
@@ -976,7 +977,7 @@ def test_hydra_train_with_every_objective_on(tmp_path):
         "model.pretext_phase_shift_classes=4", "model.pretext_amplitude_scale_classes=5",
         "model.target_codebook_size=256", "model.negatives_max_distance=10",
         "model.mask_sensors_prob=0.2",
-        "criterion.loss_weights=[1.0,10,1.0,1.0,1.0]",
+        "criterion.loss_weights=[1.0,10,1.0,1.0,1.0,1.0]",
         f"criterion.log_keys=[{','.join(log_keys)}]",
     ]
     # fmt: on

@@ -53,16 +53,15 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      frame_power_loss]  (only with cnn_frame_power)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
-``criterion.log_keys``). Example, everything on with the tiny config (the shipped yamls do not
-list these fields, so they are added with ``+model.``; a yaml that lists them takes plain
-``model.`` overrides)::
+``criterion.log_keys``). Example, the pretext heads on top of the shipped tiny config (its yaml
+lists every field, so plain ``model.`` overrides work; a yaml that does not list a field takes
+``+model.``)::
 
     fairseq-hydra-train --config-dir config/pretraining --config-name meg2vec_tiny \\
       common.user_dir=meg2vec_fairseq task.data=manifests/demo \\
-      "+model.pretext_band_stop='[(1,4),(4,8),(8,13),(13,30)]'" \\
-      +model.pretext_phase_shift_classes=4 +model.pretext_amplitude_scale_classes=5 \\
-      +model.target_codebook_size=1024 +model.negatives_max_distance=10 \\
-      +model.mask_sensors_prob=0.2 "criterion.loss_weights=[1.0,10,1.0,1.0,1.0]" \\
+      "model.pretext_band_stop='[(1,4),(4,8),(8,13),(13,30)]'" \\
+      model.pretext_phase_shift_classes=4 model.pretext_amplitude_scale_classes=5 \\
+      "criterion.loss_weights=[1.0,10,1.0,1.0,1.0,1.0]" \\
       "criterion.log_keys=[prob_perplexity,code_perplexity,temp,pretext_band_stop_accuracy,\\
     pretext_phase_shift_accuracy,pretext_amplitude_scale_accuracy]"
 
