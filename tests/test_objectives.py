@@ -689,6 +689,26 @@ def test_frame_power_targets_are_each_frames_log_variance_per_sensor():
         assert (inside.min() > outside.max()), phase
 
 
+def test_frame_power_bands_tell_a_burst_from_a_rhythm_at_another_frequency():
+    """With bands, a 25-Hz burst on sensor 1 raises that sensor's 13-30 Hz frame power and not
+    its 8-13 Hz one; the head regresses sensors x bands values (sensor-major)."""
+    from meg2vec_fairseq.models.frame_power import FramePowerTargets
+
+    t = torch.arange(1000) / 250.0
+    source = 0.1 * torch.randn(4, 3, 1000, generator=torch.Generator().manual_seed(0))
+    source[:, 1, 500:600] += torch.sin(2 * math.pi * 25 * t[500:600])
+    head = FramePowerTargets(16, 3, receptive_field=20, stride=10, bands=[(8, 13), (13, 30)],
+                             sample_rate=250.0)
+    assert head.head.out_features == 3 * 2
+    power = head.targets(source).view(4, -1, 3, 2)  # (B, frames, sensors, bands)
+    burst, before = slice(51, 57), slice(10, 40)  # frames inside / well before the burst
+    assert power[:, burst, 1, 1].min() > power[:, before, 1, 1].max() + 1  # 13-30 Hz
+    rise = power[:, burst, 1].mean(dim=(0, 1)) - power[:, before, 1].mean(dim=(0, 1))
+    assert rise[1] > 2 * rise[0]  # 13-30 Hz far more than 8-13 Hz (only spectral leakage)
+    with pytest.raises(ValueError, match="sample rate"):
+        FramePowerTargets(16, 3, 20, 10, bands=[(8, 13)])
+
+
 def test_frame_power_loss_reads_the_conv_output_of_every_frame_and_is_the_last_loss():
     """The head reads fairseq's layer-normed conv output (the features ``--layer cnn``
     extracts), unmasked, so its gradient reaches the convolutions; its loss comes after the
@@ -900,6 +920,10 @@ def test_model_in_bfloat16_trains(options):
         ({"target_band_power": "1-4"}, "target_band_power='1-4'"),
         ({"target_band_power": "[(1,4)]", "target_band_power_seconds": 0.0},
          "target_band_power_seconds=0.0"),
+        ({"cnn_frame_power": True, "cnn_frame_power_bands": "[(8,13),(100,130)]"},
+         r"cnn_frame_power_bands band \(100, 130\).*Nyquist"),
+        ({"cnn_frame_power": True, "cnn_frame_power_bands": "8-13"},
+         "cnn_frame_power_bands='8-13'"),
         ({"conv_residual": True, "conv_feature_layers": "[(32, 10, 5), (16, 3, 2)]"},
          r"conv_residual=True: convolution 2 of conv_feature_layers maps dim 32 to 16"),
     ],
@@ -928,6 +952,11 @@ def test_a_pretext_option_refuses_a_task_at_another_sample_rate():
     )
     with pytest.raises(ValueError, match=r"model.sample_rate=500 but task.sample_rate=250"):
         Meg2VecModel.build_model(bands, TaskStub(250))
+    frame_bands = OmegaConf.structured(Meg2VecConfig(
+        in_channels=8, sample_rate=500, cnn_frame_power=True, cnn_frame_power_bands="[(8,13)]",
+        **SMALL))
+    with pytest.raises(ValueError, match=r"model.sample_rate=500 but task.sample_rate=250"):
+        Meg2VecModel.build_model(frame_bands, TaskStub(250))
     # without options in Hz the rate is not read (e.g. features at another rate)
     plain = OmegaConf.structured(Meg2VecConfig(in_channels=8, sample_rate=500, **SMALL))
     assert isinstance(Meg2VecModel.build_model(plain, TaskStub(250)), Meg2VecModel)

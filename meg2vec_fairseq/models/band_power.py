@@ -76,22 +76,34 @@ class BandPowerTargets(MaskedRegressionHead):
             if padding_mask is not None:
                 x = x * (~padding_mask).unsqueeze(1)
             length = x.size(-1)
-            spectrum = torch.fft.rfft(x, dim=-1)
-            freqs = torch.fft.rfftfreq(length, d=1.0 / self.sample_rate).to(x.device)
             n_frames = (length - self.receptive_field) // self.stride + 1
             centres = (
                 torch.arange(n_frames, device=x.device) * self.stride
                 + (self.receptive_field - 1) // 2
             )
-            powers = []
-            for low, high in self.bands:
-                keep = ((freqs >= low) & (freqs <= high)).to(spectrum.dtype)
-                band = torch.fft.irfft(spectrum * keep, n=length, dim=-1)
-                power = F.avg_pool1d(
-                    band.pow(2), self.window, stride=1, padding=self.window // 2,
-                    count_include_pad=False,
-                )[..., :length]
-                powers.append(power[..., centres])  # (B, C, frames)
-            log_power = torch.stack(powers, dim=2).clamp_min(1e-10).log()  # (B, C, bands, F)
-            features = log_power.flatten(1, 2).transpose(1, 2)  # (B, frames, C * bands)
-            return standardise_frames(features)
+            bands = band_signals(x, self.bands, self.sample_rate)  # (B, C * bands, T)
+            power = F.avg_pool1d(
+                bands.pow(2), self.window, stride=1, padding=self.window // 2,
+                count_include_pad=False,
+            )[..., :length]
+            log_power = power[..., centres].clamp_min(1e-10).log()  # (B, C * bands, frames)
+            return standardise_frames(log_power.transpose(1, 2))
+
+
+def band_signals(
+    x: torch.Tensor, bands: Sequence[Tuple[float, float]], sample_rate: float
+) -> torch.Tensor:
+    """Band-limited copies of ``(B, C, T)`` signals: ``(B, C * len(bands), T)``, sensor-major
+    (sensor 0's bands first).
+
+    Made with the real FFT of the whole crop (bins with ``low <= f <= high`` kept; exact, no
+    filter ringing).
+    """
+    length = x.size(-1)
+    spectrum = torch.fft.rfft(x, dim=-1)
+    freqs = torch.fft.rfftfreq(length, d=1.0 / sample_rate).to(x.device)
+    keep = torch.stack(
+        [((freqs >= low) & (freqs <= high)) for low, high in bands]
+    ).to(spectrum.dtype)  # (bands, F)
+    filtered = torch.fft.irfft(spectrum.unsqueeze(2) * keep, n=length, dim=-1)  # (B, C, bands, T)
+    return filtered.flatten(1, 2)

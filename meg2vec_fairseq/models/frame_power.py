@@ -14,19 +14,23 @@ statistics: the convolutions must keep each frame's power per sensor, as a linea
 short-window power per sensor (the standard feature of induced MEG activity) would. Unlike
 the masked regression heads, nothing here has to be predicted from context: the target is a
 function of the frame the convolutions see (minus the masked sensors, so they also learn to
-fill those in from their neighbours).
+fill those in from their neighbours). With ``bands``, each sensor's log variance in each band
+(band-limited copies from :func:`.band_power.band_signals`), so that a burst is told from a
+rhythm at a nearby frequency.
 """
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .band_power import band_signals
 from .masked_regression import MaskedRegressionHead, standardise_frames
 
 
 class FramePowerTargets(MaskedRegressionHead):
-    """Per-frame log variance of each sensor, and the linear head on the CNN output.
+    """Per-frame log variance of each sensor (in each band), and the linear head on the CNN
+    output.
 
     Parameters
     ----------
@@ -36,20 +40,31 @@ class FramePowerTargets(MaskedRegressionHead):
         Number of sensors (the target dimension).
     receptive_field, stride : int
         Input window and hop of one frame of the conv encoder (samples).
+    bands : sequence of (float, float)
+        ``(low_hz, high_hz)`` bands; empty (default): the unfiltered signal, one value per
+        sensor.
+    sample_rate : float or None
+        Sampling rate of the input (Hz); needed with ``bands``.
     """
 
     def __init__(self, feature_dim: int, in_channels: int, receptive_field: int,
-                 stride: int) -> None:
-        super().__init__(feature_dim, in_channels)
+                 stride: int, bands: Sequence[Tuple[float, float]] = (),
+                 sample_rate: Optional[float] = None) -> None:
+        super().__init__(feature_dim, in_channels * max(1, len(bands)))
+        if bands and not sample_rate:
+            raise ValueError("frame-power bands need the input's sample rate")
         self.receptive_field = receptive_field
         self.stride = stride
+        self.bands = [(float(low), float(high)) for low, high in bands]
+        self.sample_rate = sample_rate
 
     @torch.no_grad()
     def targets(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """``(B, C, T)`` -> ``(B, frames, C)`` standardised log variance per sensor,
-        ``frames = (T - receptive_field) // stride + 1`` (the conv encoder's frame count).
+        """``(B, C, T)`` -> ``(B, frames, C * max(1, n_bands))`` standardised log variance per
+        sensor (sensor-major: sensor 0's bands first), ``frames = (T - receptive_field) //
+        stride + 1`` (the conv encoder's frame count).
 
         Padded samples are zeroed first (they only reach frames that fairseq marks as padding,
         which the loss skips)."""
@@ -57,6 +72,8 @@ class FramePowerTargets(MaskedRegressionHead):
             x = source.float()
             if padding_mask is not None:
                 x = x * (~padding_mask).unsqueeze(1)
+            if self.bands:
+                x = band_signals(x, self.bands, self.sample_rate)
             mean = F.avg_pool1d(x, self.receptive_field, stride=self.stride)
             power = F.avg_pool1d(x.pow(2), self.receptive_field, stride=self.stride)
             log_power = (power - mean.pow(2)).clamp_min(1e-8).log()

@@ -312,6 +312,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "criterion.loss_weights entry)"
         },
     )
+    cnn_frame_power_bands: str = field(
+        default="",
+        metadata={
+            "help": "bands for cnn_frame_power, e.g. '[(1,8),(8,13),(13,30),(30,45)]': the "
+            "head regresses each sensor's log variance in each band per frame (band-limited "
+            "with the crop's FFT), so the convolutions keep which rhythm carries the power. "
+            "Needs 0 <= low < high < sample_rate / 2. '' = the unfiltered signal, one value "
+            "per sensor"
+        },
+    )
     target_teacher_decay: float = field(
         default=0.999,
         metadata={"help": "EMA decay of target_teacher_layers' teacher at the start, in (0, 1]"},
@@ -528,11 +538,16 @@ class Meg2VecModel(Wav2Vec2Model):
         self.frame_power: Optional[FramePowerTargets] = None
         if getattr(cfg, "cnn_frame_power", False):
             receptive_field, stride = conv_frame_geometry(cfg.conv_feature_layers)
+            frame_bands = parse_bands(
+                getattr(cfg, "cnn_frame_power_bands", ""), "cnn_frame_power_bands"
+            )
             self.frame_power = FramePowerTargets(
                 feature_dim=self.embed,  # fairseq's width of the conv output
                 in_channels=cfg.in_channels,
                 receptive_field=receptive_field,
                 stride=stride,
+                bands=frame_bands,
+                sample_rate=_config_sample_rate(cfg) if frame_bands else None,
             )
 
     @classmethod
@@ -548,7 +563,12 @@ class Meg2VecModel(Wav2Vec2Model):
         """
         task_cfg = getattr(task, "cfg", None)
         task_rate = getattr(task_cfg, "sample_rate", None)
-        in_hz = pretext_enabled(cfg) or bool(getattr(cfg, "target_band_power", ""))
+        in_hz = (
+            pretext_enabled(cfg)
+            or bool(getattr(cfg, "target_band_power", ""))
+            or bool(getattr(cfg, "cnn_frame_power", False)
+                    and getattr(cfg, "cnn_frame_power_bands", ""))
+        )
         if in_hz and task_rate is not None:
             model_rate = _config_sample_rate(cfg)
             if float(task_rate) != model_rate:
@@ -862,6 +882,15 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
                 )
         if not cfg.target_band_power_seconds > 0:
             fail(f"target_band_power_seconds={cfg.target_band_power_seconds}: must be > 0")
+    frame_bands = parse_bands(getattr(cfg, "cnn_frame_power_bands", ""), "cnn_frame_power_bands")
+    if frame_bands:
+        rate = _config_sample_rate(cfg)
+        for low, high in frame_bands:
+            if not 0 <= low < high < rate / 2:
+                fail(
+                    f"cnn_frame_power_bands band ({low:g}, {high:g}): needs 0 <= low < high < "
+                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
+                )
     crop_norm = getattr(cfg, "target_crop_norm", "zscore")
     if crop_norm not in CROP_NORMS:
         fail(f"target_crop_norm={crop_norm!r}: must be one of {', '.join(CROP_NORMS)}")
