@@ -843,17 +843,9 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     def fail(message: str) -> None:
         raise ValueError(message)
 
-    bands = parse_bands(cfg.pretext_band_stop)
-    if bands:
-        rate = _config_sample_rate(cfg)
-        if len(bands) < 2:
-            fail(f"pretext_band_stop={cfg.pretext_band_stop!r}: needs at least 2 bands (classes)")
-        for low, high in bands:
-            if not 0 <= low < high < rate / 2:
-                fail(
-                    f"pretext_band_stop band ({low:g}, {high:g}): needs 0 <= low < high < "
-                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
-                )
+    bands = _bands_below_nyquist(cfg, "pretext_band_stop")
+    if len(bands) == 1:
+        fail(f"pretext_band_stop={cfg.pretext_band_stop!r}: needs at least 2 bands (classes)")
     for name in ("pretext_phase_shift_classes", "pretext_amplitude_scale_classes"):
         value = getattr(cfg, name)
         if value < 0 or value == 1:
@@ -871,26 +863,10 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     if getattr(cfg, "target_code_classification", False) and cfg.target_codebook_size <= 0:
         fail("target_code_classification=True needs the random-projection targets "
              "(target_codebook_size > 0)")
-    power_bands = parse_bands(getattr(cfg, "target_band_power", ""), "target_band_power")
-    if power_bands:
-        rate = _config_sample_rate(cfg)
-        for low, high in power_bands:
-            if not 0 <= low < high < rate / 2:
-                fail(
-                    f"target_band_power band ({low:g}, {high:g}): needs 0 <= low < high < "
-                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
-                )
+    if _bands_below_nyquist(cfg, "target_band_power"):
         if not cfg.target_band_power_seconds > 0:
             fail(f"target_band_power_seconds={cfg.target_band_power_seconds}: must be > 0")
-    frame_bands = parse_bands(getattr(cfg, "cnn_frame_power_bands", ""), "cnn_frame_power_bands")
-    if frame_bands:
-        rate = _config_sample_rate(cfg)
-        for low, high in frame_bands:
-            if not 0 <= low < high < rate / 2:
-                fail(
-                    f"cnn_frame_power_bands band ({low:g}, {high:g}): needs 0 <= low < high < "
-                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
-                )
+    _bands_below_nyquist(cfg, "cnn_frame_power_bands")
     crop_norm = getattr(cfg, "target_crop_norm", "zscore")
     if crop_norm not in CROP_NORMS:
         fail(f"target_crop_norm={crop_norm!r}: must be one of {', '.join(CROP_NORMS)}")
@@ -931,6 +907,22 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
             fail(f"target_teacher_end_decay={end}: must be in [target_teacher_decay={start}, 1]")
         if cfg.target_teacher_anneal_updates < 0:
             fail(f"target_teacher_anneal_updates={cfg.target_teacher_anneal_updates}: must be >= 0")
+    return bands
+
+
+def _bands_below_nyquist(cfg: Meg2VecConfig, option: str) -> List[Tuple[float, float]]:
+    """The ``(low_hz, high_hz)`` bands of a band option of ``cfg`` (``[]`` when unset or an
+    old config without it); a one-line ``ValueError`` naming the option for a band outside
+    ``0 <= low < high < Nyquist``."""
+    bands = parse_bands(getattr(cfg, option, "") or "", option)
+    if bands:
+        rate = _config_sample_rate(cfg)
+        for low, high in bands:
+            if not 0 <= low < high < rate / 2:
+                raise ValueError(
+                    f"{option} band ({low:g}, {high:g}): needs 0 <= low < high < "
+                    f"Nyquist ({rate / 2:g} Hz at sample_rate={rate:g})"
+                )
     return bands
 
 
