@@ -8,7 +8,9 @@
 #   bash benchmarks/gpu_ablation.sh OUT MAX_UPDATE VARIANTS "SEEDS" [DEADLINE_S]
 # Settings (env SETTINGS, names from the list below; default "gen1 gen2"):
 #   gen1: first generator setting, strong state;  gen2: second setting, strong state;
-#   gen3: third setting (weak events, broad rhythms; round 26).
+#   gen3: third setting (weak events, broad rhythms; round 26);
+#   gen4: fourth setting (weaker events outside the top principal components, weak state;
+#   round 30i).
 # Phase 1: benchmarks/ablation.py per setting, all settings at once (PARALLEL processes in all).
 # Phase 2: benchmarks/probe_synthetic.py --finetune-fractions 0.1 per checkpoint and once for
 #   random-init, until DEADLINE_S seconds after the start (default 520); unfinished jobs are cut.
@@ -52,6 +54,8 @@ setting_args() {
                "--rhythm-bandwidth 1.0 --generator-seed 4321" ;;
     gen3) echo "--state-alpha-suppression 0.3 --state-response 0.10 --event-snr 1.0" \
                "--rhythm-bandwidth 3.0 --generator-seed 777" ;;
+    gen4) echo "--state-alpha-suppression 0.2 --state-response 0.08 --event-snr 0.7" \
+               "--rhythm-bandwidth 1.0 --generator-seed 999" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }

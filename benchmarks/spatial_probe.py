@@ -123,10 +123,27 @@ class FrameSummary(RawSource):
                 "receptive_field": self.receptive_field, "stride": self.stride}
 
 
-def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndarray]
-                ) -> List[SourceSpec]:
-    """The ``--frame-views`` rows: frame means, frame means and log variances, and the latter
-    on the top ``pca`` components; frames of ``config``'s conv encoder."""
+class MixedFramePower(FrameSummary):
+    """Each sensor's log variance over each frame, then mixed by a fixed ``(C, D)`` matrix:
+    what a front end that takes per-sensor power *before* mixing sensors would keep."""
+
+    def __init__(self, name: str, receptive_field: int, stride: int,
+                 power_matrix: np.ndarray) -> None:
+        super().__init__(name, receptive_field, stride, log_power=True)
+        self.power_matrix = power_matrix
+
+    def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', D)`` and frame centres."""
+        summary, centres = super().frames(windows)
+        log_power = summary[..., windows.shape[1]:]
+        return log_power @ self.power_matrix, centres
+
+
+def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndarray],
+                dim: int = 128) -> List[SourceSpec]:
+    """The ``--frame-views`` rows: frame means, frame means and log variances, the latter on
+    the top ``pca`` components, and each sensor's frame log power mixed into ``dim`` features
+    by a random matrix (power taken before mixing); frames of ``config``'s conv encoder."""
     from meg2vec_fairseq.configs import load_pretraining_config
     from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
@@ -135,7 +152,16 @@ def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndar
                  FrameSummary("frame mean + log power", *geometry, log_power=True)]
     summaries += [FrameSummary(f"PCA {k} frame mean + log power", *geometry, log_power=True,
                                matrix=axes[1][:, :k]) for k in pca]
-    return [SourceSpec(view.name, lambda seed, view=view: view) for view in summaries]
+    specs = [SourceSpec(view.name, lambda seed, view=view: view) for view in summaries]
+
+    def mixed_power(seed: int) -> MixedFramePower:
+        n_channels = axes[1].shape[0]
+        matrix = np.random.default_rng(seed).normal(size=(n_channels, dim)) / np.sqrt(n_channels)
+        return MixedFramePower(f"frame log power, random projection {dim}", *geometry, matrix)
+
+    specs.append(SourceSpec(f"frame log power, random projection {dim}", mixed_power,
+                            seeded=True))
+    return specs
 
 
 def zscore_windows(windows: np.ndarray) -> np.ndarray:
@@ -204,7 +230,7 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
                                 lambda seed: FirstConv(args.config, seed, n_channels),
                                 seeded=True))
     if args.frame_views:
-        specs += frame_views(args.frame_config, args.pca, axes)
+        specs += frame_views(args.frame_config, args.pca, axes, args.dim)
     return specs
 
 

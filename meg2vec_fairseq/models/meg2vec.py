@@ -33,7 +33,9 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
   the sensors (``input_subspace_rank``, ``input_subspace_shrinkage``; :mod:`.spatial_filter`);
-* a residual path past each convolution after the first (``conv_residual``).
+* a residual path past each convolution after the first (``conv_residual``);
+* each sensor's frame log power, taken before the sensors are mixed, added to the conv
+  encoder's output by a learned linear map (``sensor_power_path``; :mod:`.sensor_power`).
 
 They hook into fairseq's own methods (``forward`` wrapped, ``apply_mask``,
 ``sample_negatives``, ``get_extra_losses``, ``remove_pretraining_modules`` extended, the
@@ -89,6 +91,7 @@ from .band_power import BandPowerTargets
 from .frame_power import FramePowerTargets
 from .pretext import PretextTasks, parse_bands
 from .reconstruction import SensorReconstructionTargets
+from .sensor_power import SensorPowerPath
 from .spatial_filter import PrincipalSubspaceWhitening
 from .targets import CROP_NORMS, CodeClassificationHead, RandomProjectionQuantizer
 from .teacher import TeacherTargets
@@ -322,6 +325,18 @@ class Meg2VecConfig(Wav2Vec2Config):
             "per sensor"
         },
     )
+    sensor_power_path: bool = field(
+        default=False,
+        metadata={
+            "help": "add each sensor's log variance over every frame's receptive field, "
+            "standardised per sensor (batch statistics in training, their running average "
+            "otherwise, as BatchNorm) and mapped by a learned linear layer "
+            "(in_channels -> the conv output's dim), to the convolutional encoder's output "
+            "before its layer norm: power taken per sensor before the first convolution mixes "
+            "the sensors, so a weak source outside the strong spatial components keeps its "
+            "power change (sensor-level power, as MEG pipelines take for induced activity)"
+        },
+    )
     target_teacher_decay: float = field(
         default=0.999,
         metadata={"help": "EMA decay of target_teacher_layers' teacher at the start, in (0, 1]"},
@@ -385,6 +400,9 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
     residual : bool
         Add each block's input, averaged over its convolution's window and stride (same
         output length), to the output of every block after the first.
+    power_path : nn.Module or None
+        Maps the ``(B, C, T)`` input (after ``spatial_filter``) to ``(B, D, T')``, added to
+        the last block's output (:class:`~.sensor_power.SensorPowerPath`); None = none.
     """
 
     def __init__(
@@ -396,6 +414,7 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         dropout: float = 0.0,
         spatial_filter: Optional[nn.Module] = None,
         residual: bool = False,
+        power_path: Optional[nn.Module] = None,
     ) -> None:
         super().__init__(conv_layers=conv_layers, dropout=dropout, mode=mode, conv_bias=conv_bias)
         if residual:
@@ -417,6 +436,7 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         nn.init.kaiming_normal_(first_conv.weight)
         self.conv_layers[0][0] = first_conv  # each block is Sequential(conv, dropout, ...)
         self.spatial_filter = spatial_filter
+        self.power_path = power_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, T)`` sensors to ``(B, D, T')`` features."""
@@ -427,11 +447,14 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
             )
         if self.spatial_filter is not None:
             x = self.spatial_filter(x)
+        sensors = x
         for conv, window in zip(self.conv_layers, self.residual_windows):
             if window is None:
                 x = conv(x)
             else:  # the average over the conv's own window has the conv's output length
                 x = conv(x) + F.avg_pool1d(x, kernel_size=window[0], stride=window[1])
+        if self.power_path is not None:
+            x = x + self.power_path(sensors)  # same frames: the stack's receptive field/stride
         return x
 
 
@@ -464,6 +487,15 @@ class Meg2VecModel(Wav2Vec2Model):
                     shrinkage=cfg.input_subspace_shrinkage,
                 )
                 if getattr(cfg, "input_subspace_rank", 0) > 0
+                else None
+            ),
+            power_path=(
+                SensorPowerPath(
+                    cfg.in_channels,
+                    eval(cfg.conv_feature_layers)[-1][0],
+                    *conv_frame_geometry(cfg.conv_feature_layers),
+                )
+                if getattr(cfg, "sensor_power_path", False)  # absent in older checkpoints
                 else None
             ),
         )

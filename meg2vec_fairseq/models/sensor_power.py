@@ -1,0 +1,117 @@
+"""A per-sensor power path into the convolutional encoder's output.
+
+Notes
+-----
+The first convolution mixes every sensor into ``dim`` channels before any nonlinearity, so
+the power of a weak source whose topography lies outside the strong spatial components is
+summed with theirs before anything can measure it (docs/pretraining_research.md, rounds 30i
+and 31: on a generator setting with weak events outside the top 64 principal components, a
+random rotation of the sensors already costs the probe 0.12 and a fresh conv encoder keeps
+0.41 of the raw sensors' 0.85). Taking each sensor's power *before* mixing is what MEG
+pipelines do for induced activity (sensor-level band power, time-frequency maps per
+channel). :class:`SensorPowerPath` computes, for every frame of the conv encoder, each
+sensor's log variance over the frame's receptive field, standardises it per sensor with
+running statistics (sensor types and gains become offsets, which the mean removes; a sensor
+that sensor masking zeroed, or padding, contributes zeros), and adds a learned linear map of
+these ``in_channels`` values to the conv encoder's output, before fairseq's layer norm.
+"""
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def frame_log_power(x: torch.Tensor, receptive_field: int, stride: int
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each sensor's log variance over each frame, and where it is defined.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, T)`` sensors.
+    receptive_field, stride : int
+        Window and hop of one frame (samples).
+
+    Returns
+    -------
+    log_power : torch.Tensor
+        ``(B, C, frames)``, ``frames = (T - receptive_field) // stride + 1``; 0 where the
+        frame has no variance.
+    defined : torch.Tensor
+        ``(B, C, frames)`` boolean, False where the frame is constant (a zeroed sensor,
+        zero padding).
+    """
+    mean = F.avg_pool1d(x, receptive_field, stride=stride)
+    variance = F.avg_pool1d(x.pow(2), receptive_field, stride=stride) - mean.pow(2)
+    # float32 rounding leaves a constant frame a variance far below any real signal's
+    defined = variance > 1e-12 * x.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-30)
+    log_power = torch.where(defined, variance.clamp_min(1e-30).log(), torch.zeros_like(variance))
+    return log_power, defined
+
+
+class SensorPowerPath(nn.Module):
+    """Each sensor's frame log power, standardised per sensor, mapped linearly to the conv
+    features.
+
+    The standardisation uses the batch's statistics in training (per sensor, over every
+    frame where the power is defined) and a running average of them otherwise, as
+    :class:`torch.nn.BatchNorm1d` does, so a sustained power change (a state lasting longer
+    than a crop) is kept; a path that never trained (random-init baselines) uses each batch's
+    own statistics, as :class:`~.spatial_filter.PrincipalSubspaceWhitening` does. Either way
+    each sensor's gain becomes an offset that the mean removes, so sensor types and units do
+    not matter; frames without power (a sensor zeroed by sensor masking, zero padding) give 0.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of sensors.
+    feature_dim : int
+        Channels of the conv encoder's output.
+    receptive_field, stride : int
+        Input window and hop of one frame of the conv encoder (samples).
+    momentum : float
+        Weight of each training batch in the running statistics.
+    """
+
+    def __init__(self, in_channels: int, feature_dim: int, receptive_field: int,
+                 stride: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.receptive_field = receptive_field
+        self.stride = stride
+        self.momentum = momentum
+        self.mix = nn.Conv1d(in_channels, feature_dim, kernel_size=1, bias=False)
+        self.register_buffer("running_mean", torch.zeros(in_channels))
+        self.register_buffer("running_var", torch.ones(in_channels))
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+    def standardised_log_power(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T)`` -> ``(B, C, frames)`` log power standardised per sensor (frames
+        without power 0); in training mode the running statistics are updated."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            log_power, defined = frame_log_power(x.float(), self.receptive_field, self.stride)
+            if self.training or int(self.batches_seen) == 0:
+                weight = defined.float()
+                count = weight.sum(dim=(0, 2)).clamp_min(1)
+                mean = (log_power * weight).sum(dim=(0, 2)) / count
+                var = ((log_power - mean[:, None]).pow(2) * weight).sum(dim=(0, 2)) / count
+                seen = count > 1  # a sensor zeroed in the whole batch keeps its estimate
+                if self.training:
+                    with torch.no_grad():
+                        new_mean = torch.lerp(self.running_mean, mean, self.momentum)
+                        new_var = torch.lerp(self.running_var, var, self.momentum)
+                        if int(self.batches_seen) == 0:
+                            new_mean, new_var = mean, var
+                        self.running_mean.copy_(torch.where(seen, new_mean, self.running_mean))
+                        self.running_var.copy_(torch.where(seen, new_var, self.running_var))
+                        self.batches_seen += 1
+            else:
+                mean, var = self.running_mean, self.running_var
+            standardised = (log_power - mean[:, None]) / (var[:, None] + 1e-5).sqrt()
+            return standardised * defined
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T)`` sensors -> ``(B, feature_dim, frames)``, to add to the conv output."""
+        standardised = self.standardised_log_power(x)
+        return self.mix(standardised.to(self.mix.weight.dtype))
