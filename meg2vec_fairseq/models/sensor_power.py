@@ -96,20 +96,24 @@ class SensorPowerPath(nn.Module):
                 count = weight.sum(dim=(0, 2)).clamp_min(1)
                 mean = (log_power * weight).sum(dim=(0, 2)) / count
                 var = ((log_power - mean[:, None]).pow(2) * weight).sum(dim=(0, 2)) / count
-                seen = count > 1  # a sensor zeroed in the whole batch keeps its estimate
                 if self.training:
-                    with torch.no_grad():
-                        new_mean = torch.lerp(self.running_mean, mean, self.momentum)
-                        new_var = torch.lerp(self.running_var, var, self.momentum)
-                        if int(self.batches_seen) == 0:
-                            new_mean, new_var = mean, var
-                        self.running_mean.copy_(torch.where(seen, new_mean, self.running_mean))
-                        self.running_var.copy_(torch.where(seen, new_var, self.running_var))
-                        self.batches_seen += 1
-            else:
-                mean, var = self.running_mean, self.running_var
+                    self._update_running_statistics(mean, var, seen=count > 1)
+            else:  # float32 even where fairseq's bf16/fp16 mode converted the buffers
+                mean, var = self.running_mean.float(), self.running_var.float()
             standardised = (log_power - mean[:, None]) / (var[:, None] + 1e-5).sqrt()
             return standardised * defined
+
+    @torch.no_grad()
+    def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor,
+                                   seen: torch.Tensor) -> None:
+        """Move the running statistics toward the batch's (the first batch sets them); a
+        sensor with no defined frame in the batch (zeroed throughout) keeps its estimate."""
+        if int(self.batches_seen) > 0:
+            mean = torch.lerp(self.running_mean.float(), mean, self.momentum)
+            var = torch.lerp(self.running_var.float(), var, self.momentum)
+        self.running_mean.copy_(torch.where(seen, mean, self.running_mean.float()))
+        self.running_var.copy_(torch.where(seen, var, self.running_var.float()))
+        self.batches_seen += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` sensors -> ``(B, feature_dim, frames)``, to add to the conv output."""
