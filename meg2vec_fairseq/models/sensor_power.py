@@ -13,7 +13,8 @@ channel). :class:`SensorPowerPath` computes, for every frame of the conv encoder
 sensor's log variance over the frame's receptive field, standardises it per sensor with
 running statistics (sensor types and gains become offsets, which the mean removes; a sensor
 that sensor masking zeroed, or padding, contributes zeros), and adds a learned linear map of
-these ``in_channels`` values to the conv encoder's output, before fairseq's layer norm.
+these ``in_channels`` values to the conv encoder's output, before fairseq's layer norm. The
+map starts at zero, so an untrained model is the model without the path.
 """
 
 from typing import Tuple
@@ -82,6 +83,11 @@ class SensorPowerPath(nn.Module):
         self.stride = stride
         self.momentum = momentum
         self.mix = nn.Conv1d(in_channels, feature_dim, kernel_size=1, bias=False)
+        # zero: a fresh model is the model without the path, and pre-training decides how
+        # much per-sensor power enters (a random mix was a strong event feature on its own
+        # but pre-training added nothing to it and it cost events where the convolutions
+        # learn them; research log round 31f)
+        nn.init.zeros_(self.mix.weight)
         self.register_buffer("running_mean", torch.zeros(in_channels))
         self.register_buffer("running_var", torch.ones(in_channels))
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
