@@ -43,6 +43,8 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     # diversity and feature-penalty weights
     assert model.cnn_frame_power is True
     assert list(load(name).criterion.loss_weights)[2:] == [1.0]
+    # each sensor's frame power enters the conv output before mixing (round 31)
+    assert model.sensor_power_path is True
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -85,6 +87,8 @@ def test_plain_wav2vec2_is_one_override_line_away(tmp_path):
     assert any(isinstance(layer, torch.nn.GroupNorm) for layer in first_block[1])
     assert plain.cfg.mask_sensors_prob == 0 and plain.cfg.negatives_max_distance == 0
     assert shipped.frame_power is not None and plain.frame_power is None
+    assert shipped.feature_extractor.power_path is not None
+    assert plain.feature_extractor.power_path is None
 
 
 @pytest.mark.parametrize("name", CONFIGS)
