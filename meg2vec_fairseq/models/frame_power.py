@@ -22,10 +22,10 @@ rhythm at a nearby frequency.
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .band_power import band_signals
 from .masked_regression import MaskedRegressionHead, standardise_frames
+from .sensor_power import frame_log_power
 
 
 class FramePowerTargets(MaskedRegressionHead):
@@ -74,7 +74,5 @@ class FramePowerTargets(MaskedRegressionHead):
                 x = x * (~padding_mask).unsqueeze(1)
             if self.bands:
                 x = band_signals(x, self.bands, self.sample_rate)
-            mean = F.avg_pool1d(x, self.receptive_field, stride=self.stride)
-            power = F.avg_pool1d(x.pow(2), self.receptive_field, stride=self.stride)
-            log_power = (power - mean.pow(2)).clamp_min(1e-8).log()
+            log_power, _ = frame_log_power(x, self.receptive_field, self.stride)
             return standardise_frames(log_power.transpose(1, 2))
