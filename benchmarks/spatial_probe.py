@@ -21,7 +21,9 @@ seeds) as the benchmark:
 - with ``--frame-views``: the sensors cut into the frames of ``--config``'s conv encoder (its
   receptive field and stride), each frame summarised by its mean per sensor (the low-passed
   waveform) or by its mean and log variance (power), also on the top ``--pca`` components:
-  which per-frame summary a frame-level encoder would have to keep for the task.
+  which per-frame summary a frame-level encoder would have to keep for the task; and each
+  sensor's frame log power mixed into ``--dim`` features by a random matrix (power taken
+  before the sensors are mixed, as ``model.sensor_power_path`` does).
 
 Random views are redrawn per probe seed. Prints a table; ``--json`` writes the result.
 

@@ -66,15 +66,18 @@ def test_spatial_probe_runs_every_view(tmp_path):
     names = [source["name"] for source in report["sources"]]
     assert names == ["raw", "raw z-scored per window", "random rotation",
                      "random projection 8", "PCA 4", "conv1 of meg2vec_tiny", "frame mean",
-                     "frame mean + log power", "PCA 4 frame mean + log power"]
+                     "frame mean + log power", "PCA 4 frame mean + log power",
+                     "frame log power, random projection 8"]
     # meg2vec_tiny's frames: 60 samples every 10; mean (+ log variance) per sensor or component
-    frame_rows = {s["name"]: s for s in report["sources"][-3:]}
+    frame_rows = {s["name"]: s for s in report["sources"][-4:]}
     assert frame_rows["frame mean"]["source"]["receptive_field"] == 60
     assert frame_rows["frame mean"]["source"]["stride"] == 10
     n_sensors = report["sources"][0]["feature_dim"] // 2
     assert frame_rows["frame mean"]["feature_dim"] == 2 * n_sensors
     assert frame_rows["frame mean + log power"]["feature_dim"] == 4 * n_sensors
     assert frame_rows["PCA 4 frame mean + log power"]["feature_dim"] == 4 * 4
+    # each sensor's log power first, then mixed into --dim features (pooled: mean and std)
+    assert frame_rows["frame log power, random projection 8"]["feature_dim"] == 2 * 8
     assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
     assert 0 < report["pca_variance_share"]["4"] <= 1
     assert "PCA 4" in result.stdout
