@@ -492,7 +492,7 @@ class Meg2VecModel(Wav2Vec2Model):
             power_path=(
                 SensorPowerPath(
                     cfg.in_channels,
-                    eval(cfg.conv_feature_layers)[-1][0],
+                    self.embed,  # fairseq's width of the conv output
                     *conv_frame_geometry(cfg.conv_feature_layers),
                 )
                 if getattr(cfg, "sensor_power_path", False)  # absent in older checkpoints

@@ -114,9 +114,9 @@ class SensorPowerPath(nn.Module):
                                    seen: torch.Tensor) -> None:
         """Move the running statistics toward the batch's (the first batch sets them); a
         sensor with no defined frame in the batch (zeroed throughout) keeps its estimate."""
-        if int(self.batches_seen) > 0:
-            mean = torch.lerp(self.running_mean.float(), mean, self.momentum)
-            var = torch.lerp(self.running_var.float(), var, self.momentum)
+        first = self.batches_seen == 0  # a tensor test: no device sync per update
+        mean = torch.where(first, mean, torch.lerp(self.running_mean.float(), mean, self.momentum))
+        var = torch.where(first, var, torch.lerp(self.running_var.float(), var, self.momentum))
         self.running_mean.copy_(torch.where(seen, mean, self.running_mean.float()))
         self.running_var.copy_(torch.where(seen, var, self.running_var.float()))
         self.batches_seen += 1
