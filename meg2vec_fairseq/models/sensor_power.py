@@ -44,10 +44,11 @@ def frame_log_power(x: torch.Tensor, receptive_field: int, stride: int
         ``(B, C, frames)`` boolean, False where the frame is constant (a zeroed sensor,
         zero padding).
     """
+    square = x.pow(2)
     mean = F.avg_pool1d(x, receptive_field, stride=stride)
-    variance = F.avg_pool1d(x.pow(2), receptive_field, stride=stride) - mean.pow(2)
+    variance = F.avg_pool1d(square, receptive_field, stride=stride) - mean.pow(2)
     # float32 rounding leaves a constant frame a variance far below any real signal's
-    defined = variance > 1e-12 * x.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-30)
+    defined = variance > 1e-12 * square.mean(dim=-1, keepdim=True).clamp_min(1e-30)
     log_power = torch.where(defined, variance.clamp_min(1e-30).log(), torch.zeros_like(variance))
     return log_power, defined
 
@@ -63,6 +64,9 @@ class SensorPowerPath(nn.Module):
     own statistics, as :class:`~.spatial_filter.PrincipalSubspaceWhitening` does. Either way
     each sensor's gain becomes an offset that the mean removes, so sensor types and units do
     not matter; frames without power (a sensor zeroed by sensor masking, zero padding) give 0.
+    Not :class:`torch.nn.BatchNorm1d`: its statistics would count those frames (sensor masking
+    zeroes 30 % of the sensors of every training crop), and in eval mode a fresh one assumes
+    mean 0 and variance 1.
 
     Parameters
     ----------
