@@ -95,6 +95,49 @@ def test_power_path_adds_to_the_conv_output_and_learns_through_the_model():
     assert not any("power_path" in key for key in plain.state_dict())
 
 
+def test_frame_power_head_reads_the_convolutions_before_the_path_when_asked():
+    """``cnn_frame_power_before_path``: the frame-power loss is the one of the convolutions'
+    own output (the path's map changes nothing in it and gets no gradient from it), while
+    the conv weights still learn from it. Without the option the path enters the loss, so it
+    could hand the head its target past the convolutions."""
+    source = torch.randn(2, 8, 1000)
+
+    def frame_power_loss(model):
+        torch.manual_seed(1)  # the same time and sensor masks in every call
+        return model(source)["frame_power_loss"]
+
+    def build(before_path: bool):
+        torch.manual_seed(0)
+        model = build_meg2vec(
+            in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+            sensor_power_path=True, cnn_frame_power_before_path=before_path,
+        )
+        return model.eval()  # no dropout; the masks still apply (mask=True)
+
+    before = build(before_path=True)
+    path = before.feature_extractor.power_path
+    mix = path.mix.weight
+    before.feature_extractor.power_path = None
+    with torch.no_grad():
+        reference = frame_power_loss(before)  # the same model without the path
+    before.feature_extractor.power_path = path
+    torch.testing.assert_close(frame_power_loss(before), reference)
+    torch.nn.init.normal_(mix)
+    loss = frame_power_loss(before)
+    torch.testing.assert_close(loss, reference)
+    loss.backward()
+    assert mix.grad is None or (mix.grad == 0).all()
+    first_conv = before.feature_extractor.conv_layers[0][0].weight
+    assert first_conv.grad.abs().sum() > 0
+
+    after = build(before_path=False)
+    torch.nn.init.normal_(after.feature_extractor.power_path.mix.weight)
+    loss = frame_power_loss(after)
+    assert (loss - reference).abs() > 1e-3
+    loss.backward()
+    assert after.feature_extractor.power_path.mix.weight.grad.abs().sum() > 0
+
+
 def test_power_path_keeps_a_weak_sensors_power_change_that_mixing_buries():
     """A power change in a sensor that the strong shared component barely reaches: in the
     path's standardised log power (what its linear map reads) it moves by many times its
