@@ -345,9 +345,10 @@ class Meg2VecConfig(Wav2Vec2Config):
         metadata={
             "help": "with cnn_frame_power and sensor_power_path: the frame-power head reads "
             "the convolutions' own output (through the same layer norm), before the power "
-            "path is added, so the convolutions must keep each sensor's power themselves; "
-            "reading after it, the path hands the head its target past them (its loss fell "
-            "from 1.0 to 0.27 and the state probe by 0.03, research log round 33)"
+            "path is added, so the convolutions must keep each sensor's power themselves "
+            "(reading after it, the path hands the head its target: loss 0.27 vs 1.0). "
+            "Round 33: both probes lower with it (state 0.955 vs 0.971 on the first "
+            "generator setting, events 0.72 vs 0.78 on the fourth), so off"
         },
     )
     target_teacher_decay: float = field(
