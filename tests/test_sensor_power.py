@@ -138,6 +138,48 @@ def test_frame_power_head_reads_the_convolutions_before_the_path_when_asked():
     assert after.feature_extractor.power_path.mix.weight.grad.abs().sum() > 0
 
 
+def test_power_path_after_norm_moves_fairseqs_layer_norm_before_the_path():
+    """``sensor_power_path_after_norm``: the conv output is normalised per frame by fairseq's
+    layer norm (moved into the extractor, one module) before the path is added, so the path
+    does not rescale it; with the path at zero the model is the usual one, output for output.
+    Without the path the option is refused when the model is built."""
+    source = torch.randn(2, 8, 1000)
+
+    def build(after_norm: bool):
+        torch.manual_seed(0)
+        return build_meg2vec(
+            in_channels=8, target_codebook_size=64, sensor_power_path=True,
+            sensor_power_path_after_norm=after_norm,
+        ).eval()
+
+    usual, moved = build(False), build(True)
+    assert isinstance(moved.layer_norm, torch.nn.Identity)
+    keys = moved.state_dict().keys()
+    assert "feature_extractor.output_norm.weight" in keys and "layer_norm.weight" not in keys
+    with torch.no_grad():
+        torch.testing.assert_close(
+            moved(source, mask=False, features_only=True)["x"],
+            usual(source, mask=False, features_only=True)["x"],
+        )
+        extractor = moved.feature_extractor
+        torch.nn.init.normal_(extractor.power_path.mix.weight, std=10.0)
+        conv_part = extractor(source) - extractor.power_path(source)
+        # every frame of the conv part normalised, however large the path is there
+        torch.testing.assert_close(conv_part.mean(dim=1), torch.zeros(2, conv_part.size(2)),
+                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(conv_part.std(dim=1, unbiased=False),
+                                   torch.ones(2, conv_part.size(2)), atol=1e-3, rtol=0)
+    moved.train()
+    out = moved(source)  # a pre-training forward runs (its logits hold -inf by design)
+    assert not torch.isnan(out["x"]).any() and torch.isfinite(out["features_pen"])
+    try:
+        build_meg2vec(in_channels=8, sensor_power_path_after_norm=True)
+    except ValueError as error:
+        assert "sensor_power_path_after_norm" in str(error)
+    else:
+        raise AssertionError("sensor_power_path_after_norm without the path was accepted")
+
+
 def test_power_path_keeps_a_weak_sensors_power_change_that_mixing_buries():
     """A power change in a sensor that the strong shared component barely reaches: in the
     path's standardised log power (what its linear map reads) it moves by many times its

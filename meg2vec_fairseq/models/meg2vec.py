@@ -37,7 +37,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * each sensor's frame log power, taken before the sensors are mixed, added to the conv
   encoder's output by a learned linear map (``sensor_power_path``; :mod:`.sensor_power`),
   with the frame-power head reading the convolutions' output before it
-  (``cnn_frame_power_before_path``).
+  (``cnn_frame_power_before_path``) and fairseq's layer norm of the conv output applied before
+  it is added (``sensor_power_path_after_norm``).
 
 They hook into fairseq's own methods (``forward`` wrapped, ``apply_mask``,
 ``sample_negatives``, ``get_extra_losses``, ``remove_pretraining_modules`` extended, the
@@ -340,6 +341,15 @@ class Meg2VecConfig(Wav2Vec2Config):
             "power change (sensor-level power, as MEG pipelines take for induced activity)"
         },
     )
+    sensor_power_path_after_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "with sensor_power_path: fairseq's layer norm of the conv output is "
+            "applied to the convolutions' output before the path is added, not to their sum, "
+            "so a frame's path magnitude does not rescale that frame's conv features (the "
+            "model's layer_norm becomes an identity; the norm lives in the feature extractor)"
+        },
+    )
     cnn_frame_power_before_path: bool = field(
         default=False,
         metadata={
@@ -452,6 +462,9 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
         self.spatial_filter = spatial_filter
         self.power_path = power_path
         self.stack_output = nn.Identity()  # no parameters: checkpoints unchanged
+        # (B, T, D) norm of the convolutions' output before the path is added; None: none
+        # (Meg2VecModel moves fairseq's layer norm here with sensor_power_path_after_norm)
+        self.output_norm: Optional[nn.Module] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, T)`` sensors to ``(B, D, T')`` features."""
@@ -470,6 +483,8 @@ class MultiChannelConvFeatureExtractor(ConvFeatureExtractionModel):
                 x = conv(x) + F.avg_pool1d(x, kernel_size=window[0], stride=window[1])
         if self.power_path is not None:
             x = self.stack_output(x)  # a hook point: the convolutions' own output
+            if self.output_norm is not None:
+                x = self.output_norm(x.transpose(1, 2)).transpose(1, 2)
             x = x + self.power_path(sensors)  # same frames: the stack's receptive field/stride
         return x
 
@@ -515,6 +530,10 @@ class Meg2VecModel(Wav2Vec2Model):
                 else None
             ),
         )
+        if getattr(cfg, "sensor_power_path_after_norm", False):
+            # fairseq's norm of the conv output, moved before the path (one module, one key)
+            self.feature_extractor.output_norm = self.layer_norm
+            self.layer_norm = nn.Identity()
         self._mask_indices: Optional[torch.Tensor] = None  # of the current forward
         self.pretext: Optional[PretextTasks] = None
         if pretext_enabled(cfg):
@@ -754,7 +773,8 @@ class Meg2VecModel(Wav2Vec2Model):
         def normalise(_module, _args, output: torch.Tensor) -> None:
             if self.feature_grad_mult != 1.0:
                 output = GradMultiply.apply(output, self.feature_grad_mult)
-            captured.append(self.layer_norm(output.transpose(1, 2)))
+            norm = self.layer_norm if extractor.output_norm is None else extractor.output_norm
+            captured.append(norm(output.transpose(1, 2)))
 
         return extractor.stack_output.register_forward_hook(normalise)
 
@@ -962,6 +982,8 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         for name in ("negatives_from_everywhere", "cross_sample_negatives"):
             if getattr(cfg, name):
                 fail(f"negatives_max_distance={cfg.negatives_max_distance} does not support {name}")
+    if getattr(cfg, "sensor_power_path_after_norm", False) and not cfg.sensor_power_path:
+        fail("sensor_power_path_after_norm=True needs sensor_power_path=True")
     if not 0 <= cfg.mask_sensors_prob < 1:
         fail(f"mask_sensors_prob={cfg.mask_sensors_prob}: must be in [0, 1)")
     teacher_layers = getattr(cfg, "target_teacher_layers", 0)
