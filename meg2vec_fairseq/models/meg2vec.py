@@ -347,7 +347,10 @@ class Meg2VecConfig(Wav2Vec2Config):
             "help": "with sensor_power_path: fairseq's layer norm of the conv output is "
             "applied to the convolutions' output before the path is added, not to their sum, "
             "so a frame's path magnitude does not rescale that frame's conv features (the "
-            "model's layer_norm becomes an identity; the norm lives in the feature extractor)"
+            "model's layer_norm becomes an identity; the norm lives in the feature extractor). "
+            "fairseq's features_pen then sees normalised features. Round 33c: state up "
+            "(0.982 vs 0.971), events down on a weak-event setting (0.725 vs 0.782), the "
+            "contrastive task stalled; so off"
         },
     )
     cnn_frame_power_before_path: bool = field(
