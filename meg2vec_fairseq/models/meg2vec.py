@@ -757,7 +757,9 @@ class Meg2VecModel(Wav2Vec2Model):
             if isinstance(self.quantizer, RandomProjectionQuantizer):
                 self.quantizer.clear()
 
-    def _frame_power_input_hook(self, captured: List[torch.Tensor]):
+    def _frame_power_input_hook(
+        self, captured: List[torch.Tensor]
+    ) -> torch.utils.hooks.RemovableHandle:
         """Register the hook that captures the frame-power head's input, ``(B, T, C)``.
 
         fairseq's layer norm of the conv output; with ``cnn_frame_power_before_path``, the
