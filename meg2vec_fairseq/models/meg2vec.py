@@ -350,7 +350,8 @@ class Meg2VecConfig(Wav2Vec2Config):
             "model's layer_norm becomes an identity; the norm lives in the feature extractor). "
             "fairseq's features_pen then sees normalised features. Round 33c: state up "
             "(0.982 vs 0.971), events down on a weak-event setting (0.725 vs 0.782), the "
-            "contrastive task stalled; so off"
+            "contrastive task stalled; with features_pen's weight at 0 (round 33d) training is "
+            "healthy and both tasks are within about a spread of the shipped recipe; so off"
         },
     )
     cnn_frame_power_before_path: bool = field(
