@@ -35,7 +35,7 @@ import argparse
 import glob
 import os
 import sys
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -126,26 +126,41 @@ class FrameSummary(RawSource):
 
 
 class MixedFramePower(FrameSummary):
-    """Each sensor's log variance over each frame, then mixed by a fixed ``(C, D)`` matrix:
-    what a front end that takes per-sensor power *before* mixing sensors would keep."""
+    """Each sensor's log variance over each frame, then mixed by a fixed ``(C * n, D)``
+    matrix: what a front end that takes per-sensor power *before* mixing sensors would keep.
+
+    With ``bands`` (``(low, high)`` Hz each, ``None`` for the unfiltered signal), each
+    sensor's power is taken in every band (zero-phase Butterworth band-pass of the window)
+    and the ``n = len(bands)`` powers of all sensors are mixed together.
+    """
 
     def __init__(self, name: str, receptive_field: int, stride: int,
-                 power_matrix: np.ndarray) -> None:
+                 power_matrix: np.ndarray,
+                 bands: Sequence[Optional[Tuple[float, float]]] = (None,)) -> None:
         super().__init__(name, receptive_field, stride, log_power=True)
-        self.power_matrix = power_matrix
+        self.power_matrix, self.bands = power_matrix, list(bands)
 
     def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', D)`` and frame centres."""
-        summary, centres = super().frames(windows)
-        log_power = summary[..., windows.shape[1]:]
-        return log_power @ self.power_matrix, centres
+        from scipy.signal import butter, sosfiltfilt
+
+        powers = []
+        for band in self.bands:
+            filtered = windows if band is None else sosfiltfilt(
+                butter(4, band, btype="bandpass", fs=SFREQ, output="sos"), windows, axis=-1)
+            summary, centres = super().frames(filtered)
+            powers.append(summary[..., windows.shape[1]:])
+        return np.concatenate(powers, axis=-1) @ self.power_matrix, centres
 
 
 def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndarray],
-                dim: int = 128) -> List[SourceSpec]:
+                dim: int = 128, power_bands: Sequence[Optional[Tuple[float, float]]] = ()
+                ) -> List[SourceSpec]:
     """The ``--frame-views`` rows: frame means, frame means and log variances, the latter on
     the top ``pca`` components, and each sensor's frame log power mixed into ``dim`` features
-    by a random matrix (power taken before mixing); frames of ``config``'s conv encoder."""
+    by a random matrix (power taken before mixing); with ``power_bands``, one more row that
+    mixes each sensor's power in each of these bands (None: unfiltered); frames of
+    ``config``'s conv encoder."""
     from meg2vec_fairseq.configs import load_pretraining_config
     from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
@@ -163,7 +178,36 @@ def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndar
 
     specs.append(SourceSpec(f"frame log power, random projection {dim}", mixed_power,
                             seeded=True))
+    if power_bands:
+        name = (f"frame log power in {band_names(power_bands)}, random projection {dim}")
+
+        def mixed_band_power(seed: int) -> MixedFramePower:
+            rows = axes[1].shape[0] * len(power_bands)
+            matrix = np.random.default_rng(seed).normal(size=(rows, dim)) / np.sqrt(rows)
+            return MixedFramePower(name, *geometry, matrix, bands=power_bands)
+
+        specs.append(SourceSpec(name, mixed_band_power, seeded=True))
     return specs
+
+
+def band_names(bands: Sequence[Optional[Tuple[float, float]]]) -> str:
+    """``all, 8-13 Hz, ...`` for a list of bands (None: unfiltered)."""
+    return ", ".join("all" if band is None else f"{band[0]:g}-{band[1]:g} Hz" for band in bands)
+
+
+def parse_band(text: str) -> Optional[Tuple[float, float]]:
+    """``"all"`` -> None (unfiltered); ``"8-13"`` -> ``(8.0, 13.0)`` (argparse type)."""
+    if text == "all":
+        return None
+    try:
+        low, high = (float(part) for part in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a band LOW-HIGH in Hz or 'all'") from None
+    if not 0 < low < high < SFREQ / 2:
+        raise argparse.ArgumentTypeError(
+            f"band {text!r} must satisfy 0 < low < high < {SFREQ / 2:g} Hz (Nyquist)")
+    return low, high
 
 
 def zscore_windows(windows: np.ndarray) -> np.ndarray:
@@ -232,7 +276,7 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
                                 lambda seed: FirstConv(args.config, seed, n_channels),
                                 seeded=True))
     if args.frame_views:
-        specs += frame_views(args.frame_config, args.pca, axes, args.dim)
+        specs += frame_views(args.frame_config, args.pca, axes, args.dim, args.power_bands)
     return specs
 
 
@@ -251,6 +295,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--frame-config", default="meg2vec_tiny",
                         help="config whose conv encoder's receptive field and stride cut the "
                         "frames of --frame-views")
+    parser.add_argument("--power-bands", type=parse_band, nargs="*", default=[],
+                        help="with --frame-views: one more row, each sensor's frame log power "
+                        "in these bands (LOW-HIGH Hz, 'all' unfiltered) mixed by one random "
+                        "matrix")
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
     args = parser.parse_args(argv)

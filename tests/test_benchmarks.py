@@ -1,8 +1,10 @@
 """The benchmark scripts run as their docs say (a subprocess, tiny sizes, CPU)."""
 
+import argparse
 import json
 import sys
 
+import numpy as np
 import pytest
 from meg_fixtures import run_command
 
@@ -58,7 +60,7 @@ def test_spatial_probe_runs_every_view(tmp_path):
     result = run_command(
         [sys.executable, "benchmarks/spatial_probe.py", "--data", data, "--task", "state",
          "--pca", "4", "--dim", "8", "--pca-files", "3", "--seeds", "0", "--frame-views",
-         "--json", str(out)],
+         "--power-bands", "all", "8-13", "--json", str(out)],
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -67,9 +69,10 @@ def test_spatial_probe_runs_every_view(tmp_path):
     assert names == ["raw", "raw z-scored per window", "random rotation",
                      "random projection 8", "PCA 4", "conv1 of meg2vec_tiny", "frame mean",
                      "frame mean + log power", "PCA 4 frame mean + log power",
-                     "frame log power, random projection 8"]
+                     "frame log power, random projection 8",
+                     "frame log power in all, 8-13 Hz, random projection 8"]
     # meg2vec_tiny's frames: 60 samples every 10; mean (+ log variance) per sensor or component
-    frame_rows = {s["name"]: s for s in report["sources"][-4:]}
+    frame_rows = {s["name"]: s for s in report["sources"][-5:]}
     assert frame_rows["frame mean"]["source"]["receptive_field"] == 60
     assert frame_rows["frame mean"]["source"]["stride"] == 10
     n_sensors = report["sources"][0]["feature_dim"] // 2
@@ -78,13 +81,45 @@ def test_spatial_probe_runs_every_view(tmp_path):
     assert frame_rows["PCA 4 frame mean + log power"]["feature_dim"] == 4 * 4
     # each sensor's log power first, then mixed into --dim features (pooled: mean and std)
     assert frame_rows["frame log power, random projection 8"]["feature_dim"] == 2 * 8
+    banded = frame_rows["frame log power in all, 8-13 Hz, random projection 8"]
+    assert banded["feature_dim"] == 2 * 8
+    assert banded["source"]["receptive_field"] == 60
     assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
     assert 0 < report["pca_variance_share"]["4"] <= 1
     assert "PCA 4" in result.stdout
+    above_nyquist = run_command(
+        [sys.executable, "benchmarks/spatial_probe.py", "--data", data, "--frame-views",
+         "--power-bands", "100-200"], timeout=60)
+    assert above_nyquist.returncode == 2 and "'100-200'" in above_nyquist.stderr
+    assert "Nyquist" in above_nyquist.stderr
     missing = run_command([sys.executable, "benchmarks/spatial_probe.py", "--data",
                            str(tmp_path)], timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert str(tmp_path) in missing.stderr
+
+
+def test_mixed_band_power_takes_each_sensors_power_in_each_band():
+    """``spatial_probe.MixedFramePower`` with bands: a 10-Hz sensor keeps its power in 8-13 Hz
+    and loses it in 20-30 Hz; a 25-Hz sensor the other way round; unfiltered keeps both."""
+    sys.path.insert(0, "benchmarks")
+    import spatial_probe
+
+    t = np.arange(500) / spatial_probe.SFREQ
+    windows = np.stack([np.sin(2 * np.pi * 10 * t), np.sin(2 * np.pi * 25 * t)])[None]
+    bands = [None, (8.0, 13.0), (20.0, 30.0)]
+    # identity mix: the features are the 2 sensors' log powers, band after band
+    view = spatial_probe.MixedFramePower("bands", 60, 10, np.eye(6), bands=bands)
+    frames, centres = view.frames(windows)
+    assert frames.shape == (1, (500 - 60) // 10 + 1, 6) and len(centres) == frames.shape[1]
+    middle = frames[0, 10:-10].mean(axis=0)  # away from the filters' edges
+    unfiltered, alpha, beta = middle[:2], middle[2:4], middle[4:]
+    np.testing.assert_allclose(unfiltered, np.log(0.5), atol=0.05)  # a unit sine's variance
+    assert abs(alpha[0] - unfiltered[0]) < 0.2 and alpha[1] < unfiltered[1] - 3
+    assert abs(beta[1] - unfiltered[1]) < 0.2 and beta[0] < unfiltered[0] - 3
+    assert spatial_probe.parse_band("all") is None
+    assert spatial_probe.parse_band("8-13") == (8.0, 13.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="Nyquist"):
+        spatial_probe.parse_band("100-130")
 
 
 @pytest.mark.slow
