@@ -924,6 +924,12 @@ def test_model_in_bfloat16_trains(options):
          r"cnn_frame_power_bands band \(100, 130\).*Nyquist"),
         ({"cnn_frame_power": True, "cnn_frame_power_bands": "8-13"},
          "cnn_frame_power_bands='8-13'"),
+        ({"sensor_power_path": True, "sensor_power_path_bands": "[(8,13),(100,130)]"},
+         r"sensor_power_path_bands band \(100, 130\).*Nyquist"),
+        ({"sensor_power_path": True, "sensor_power_path_bands": "8-13"},
+         "sensor_power_path_bands='8-13'"),
+        ({"sensor_power_path_bands": "[(8,13)]"},
+         r"sensor_power_path_bands='\[\(8,13\)\]' needs sensor_power_path=True"),
         ({"conv_residual": True, "conv_feature_layers": "[(32, 10, 5), (16, 3, 2)]"},
          r"conv_residual=True: convolution 2 of conv_feature_layers maps dim 32 to 16"),
     ],
@@ -957,6 +963,11 @@ def test_a_pretext_option_refuses_a_task_at_another_sample_rate():
         **SMALL))
     with pytest.raises(ValueError, match=r"model.sample_rate=500 but task.sample_rate=250"):
         Meg2VecModel.build_model(frame_bands, TaskStub(250))
+    path_bands = OmegaConf.structured(Meg2VecConfig(
+        in_channels=8, sample_rate=500, sensor_power_path=True,
+        sensor_power_path_bands="[(8,13)]", **SMALL))
+    with pytest.raises(ValueError, match=r"model.sample_rate=500 but task.sample_rate=250"):
+        Meg2VecModel.build_model(path_bands, TaskStub(250))
     # without options in Hz the rate is not read (e.g. features at another rate)
     plain = OmegaConf.structured(Meg2VecConfig(in_channels=8, sample_rate=500, **SMALL))
     assert isinstance(Meg2VecModel.build_model(plain, TaskStub(250)), Meg2VecModel)

@@ -205,3 +205,57 @@ def test_power_path_keeps_a_weak_sensors_power_change_that_mixing_buries():
         kept = shift_over_spread(path.standardised_log_power(x)[0, 7:8])
         mixed = shift_over_spread(conv(x)[0].pow(2).log())
     assert kept > 4.0 and mixed < 1.0
+
+
+def test_banded_power_path_sees_one_rhythms_power_change_that_broadband_power_hides():
+    """``bands``: each sensor's power in each band follows after the unfiltered power
+    (sensor-major); a sensor whose 10-Hz rhythm weakens while a 25-Hz one strengthens keeps
+    its total power, so the unfiltered value does not move, but the 8-13 Hz one falls and the
+    20-30 Hz one rises; a zeroed sensor gives 0 in every band and keeps its statistics."""
+    torch.manual_seed(0)
+    rate, n = 250.0, 2000
+    t = torch.arange(n) / rate
+    alpha, beta = torch.sin(2 * math.pi * 10 * t), torch.sin(2 * math.pi * 25 * t)
+    switch = (t >= t[n // 2]).float()  # 10 Hz strong, then 25 Hz strong: same variance
+    sensor0 = (1.0 - 0.8 * switch) * alpha + (0.2 + 0.8 * switch) * beta
+    x = torch.stack([sensor0, torch.randn(n), torch.zeros(n)])[None] \
+        + 0.01 * torch.randn(1, 3, n) * torch.tensor([1.0, 1.0, 0.0]).view(1, 3, 1)
+    path = SensorPowerPath(3, feature_dim=4, receptive_field=60, stride=10,
+                           bands=[(8.0, 13.0), (20.0, 30.0)], sample_rate=rate)
+    assert path.mix.in_channels == 3 * 3 and path.running_mean.shape == (9,)
+    log_power, defined = path.log_power(x)
+    assert log_power.shape == defined.shape == (1, 9, (n - 60) // 10 + 1)
+    frames = log_power.shape[-1]
+    before, after = slice(10, frames // 2 - 10), slice(frames // 2 + 10, frames - 10)
+
+    def change(row: int) -> float:
+        return (log_power[0, row, after].mean() - log_power[0, row, before].mean()).item()
+
+    # rows: unfiltered (sensors 0, 1, 2), then sensor 0's two bands, sensor 1's, sensor 2's
+    assert abs(change(0)) < 0.1  # total power unchanged
+    assert change(3) < -2.0 and change(4) > 2.0  # 8-13 Hz falls, 20-30 Hz rises
+    assert not defined[0, 2].any() and not defined[0, 7:9].any()  # the zeroed sensor
+    assert (log_power[0, 7:9] == 0).all()
+    path.train()
+    path(x)
+    standardised = path.standardised_log_power(x)
+    assert (standardised[0, 7:9] == 0).all() and (path.running_mean[7:9] == 0).all()
+    assert torch.isfinite(standardised).all()
+
+
+def test_banded_power_path_builds_from_the_config_and_trains():
+    """``sensor_power_path_bands``: the path's map reads every sensor in every band and the
+    unfiltered power; a pre-training forward and backward run; off, the map is as before."""
+    torch.manual_seed(0)
+    model = build_meg2vec(in_channels=8, sample_rate=250, target_codebook_size=64,
+                          sensor_power_path=True,
+                          sensor_power_path_bands="[(1,8),(8,13),(13,30),(30,45)]")
+    path = model.feature_extractor.power_path
+    assert path.bands == [(1.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 45.0)]
+    assert path.sample_rate == 250.0 and path.mix.weight.shape[1] == 8 * 5
+    model.train()
+    out = model(torch.randn(2, 8, 1000))
+    out["x"].sum().backward()
+    assert path.mix.weight.grad.abs().sum() > 0
+    plain = build_meg2vec(in_channels=8, sensor_power_path=True)
+    assert plain.feature_extractor.power_path.mix.weight.shape[1] == 8

@@ -341,6 +341,17 @@ class Meg2VecConfig(Wav2Vec2Config):
             "power change (sensor-level power, as MEG pipelines take for induced activity)"
         },
     )
+    sensor_power_path_bands: str = field(
+        default="",
+        metadata={
+            "help": "with sensor_power_path: each sensor's frame log power in these bands "
+            "too, e.g. '[(1,8),(8,13),(13,30),(30,45)]' (band-limited with the crop's FFT), "
+            "standardised per sensor and band and mapped with the unfiltered power by the "
+            "same linear layer, so that a change of one rhythm's power (alpha "
+            "desynchronisation) is not diluted by the others. Needs 0 <= low < high < "
+            "sample_rate / 2. '' = the unfiltered power only"
+        },
+    )
     sensor_power_path_after_norm: bool = field(
         default=False,
         metadata={
@@ -509,6 +520,9 @@ class Meg2VecModel(Wav2Vec2Model):
     def __init__(self, cfg: Meg2VecConfig) -> None:
         super().__init__(cfg)
         bands = validate_objectives(cfg)  # before building anything from the options
+        path_bands = parse_bands(
+            getattr(cfg, "sensor_power_path_bands", "") or "", "sensor_power_path_bands"
+        )
         self.feature_extractor = MultiChannelConvFeatureExtractor(
             in_channels=cfg.in_channels,
             conv_layers=eval(cfg.conv_feature_layers),  # fairseq's own format for the stack
@@ -529,6 +543,8 @@ class Meg2VecModel(Wav2Vec2Model):
                     cfg.in_channels,
                     self.embed,  # fairseq's width of the conv output
                     *conv_frame_geometry(cfg.conv_feature_layers),
+                    bands=path_bands,
+                    sample_rate=_config_sample_rate(cfg) if path_bands else None,
                 )
                 if getattr(cfg, "sensor_power_path", False)  # absent in older checkpoints
                 else None
@@ -639,6 +655,8 @@ class Meg2VecModel(Wav2Vec2Model):
             or bool(getattr(cfg, "target_band_power", ""))
             or bool(getattr(cfg, "cnn_frame_power", False)
                     and getattr(cfg, "cnn_frame_power_bands", ""))
+            or bool(getattr(cfg, "sensor_power_path", False)
+                    and getattr(cfg, "sensor_power_path_bands", ""))
         )
         if in_hz and task_rate is not None:
             model_rate = _config_sample_rate(cfg)
@@ -990,6 +1008,9 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
                 fail(f"negatives_max_distance={cfg.negatives_max_distance} does not support {name}")
     if getattr(cfg, "sensor_power_path_after_norm", False) and not cfg.sensor_power_path:
         fail("sensor_power_path_after_norm=True needs sensor_power_path=True")
+    if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
+        fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
+             "sensor_power_path=True")
     if not 0 <= cfg.mask_sensors_prob < 1:
         fail(f"mask_sensors_prob={cfg.mask_sensors_prob}: must be in [0, 1)")
     teacher_layers = getattr(cfg, "target_teacher_layers", 0)

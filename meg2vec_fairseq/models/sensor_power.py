@@ -14,14 +14,18 @@ sensor's log variance over the frame's receptive field, standardises it per sens
 running statistics (sensor types and gains become offsets, which the mean removes; a sensor
 that sensor masking zeroed, or padding, contributes zeros), and adds a learned linear map of
 these ``in_channels`` values to the conv encoder's output, before fairseq's layer norm. The
-map starts at zero, so an untrained model is the model without the path.
+map starts at zero, so an untrained model is the model without the path. With ``bands``,
+each sensor's power in each band (the standard MEG bands: a sustained state is often one
+rhythm's (de)synchronisation, which broadband power dilutes) enters the map too.
 """
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .band_power import band_signals
 
 
 def frame_log_power(x: torch.Tensor, receptive_field: int, stride: int
@@ -78,14 +82,28 @@ class SensorPowerPath(nn.Module):
         Input window and hop of one frame of the conv encoder (samples).
     momentum : float
         Weight of each training batch in the running statistics.
+    bands : sequence of (float, float)
+        ``(low_hz, high_hz)`` bands: each sensor's log power in each band (band-limited with
+        the crop's FFT, :func:`.band_power.band_signals`) is mapped too, after the unfiltered
+        power (``in_channels * (1 + len(bands))`` values per frame). Empty (default): the
+        unfiltered power only.
+    sample_rate : float or None
+        Sampling rate of the input (Hz); needed with ``bands``.
     """
 
     def __init__(self, in_channels: int, feature_dim: int, receptive_field: int,
-                 stride: int, momentum: float = 0.1) -> None:
+                 stride: int, momentum: float = 0.1,
+                 bands: Sequence[Tuple[float, float]] = (),
+                 sample_rate: Optional[float] = None) -> None:
         super().__init__()
+        if bands and not sample_rate:
+            raise ValueError("sensor power bands need the input's sample rate")
         self.receptive_field = receptive_field
         self.stride = stride
         self.momentum = momentum
+        self.bands = [(float(low), float(high)) for low, high in bands]
+        self.sample_rate = sample_rate
+        in_channels = in_channels * (1 + len(self.bands))  # one value per sensor and band
         self.mix = nn.Conv1d(in_channels, feature_dim, kernel_size=1, bias=False)
         # zero: a fresh model is the model without the path, and pre-training decides how
         # much per-sensor power enters (a random mix was a strong event feature on its own
@@ -96,11 +114,26 @@ class SensorPowerPath(nn.Module):
         self.register_buffer("running_var", torch.ones(in_channels))
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
+    def log_power(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, T)`` -> each sensor's frame log power, then (with ``bands``) each
+        sensor's in each band (sensor-major), and where each is defined: ``(B, C * (1 +
+        n_bands), frames)`` twice. A band's power counts only where the sensor's unfiltered
+        power does (the FFT spreads a crop's signal into its zero padding)."""
+        log_power, defined = frame_log_power(x, self.receptive_field, self.stride)
+        if not self.bands:
+            return log_power, defined
+        band_power, band_defined = frame_log_power(
+            band_signals(x, self.bands, self.sample_rate), self.receptive_field, self.stride)
+        band_defined &= defined.repeat_interleave(len(self.bands), dim=1)
+        band_power = band_power * band_defined
+        return torch.cat([log_power, band_power], dim=1), torch.cat([defined, band_defined], dim=1)
+
     def standardised_log_power(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T)`` -> ``(B, C, frames)`` log power standardised per sensor (frames
-        without power 0); in training mode the running statistics are updated."""
+        """``(B, C, T)`` -> ``(B, C * (1 + n_bands), frames)`` log power standardised per
+        sensor and band (frames without power 0); in training mode the running statistics
+        are updated."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            log_power, defined = frame_log_power(x.float(), self.receptive_field, self.stride)
+            log_power, defined = self.log_power(x.float())
             if self.training or int(self.batches_seen) == 0:
                 weight = defined.float()
                 count = weight.sum(dim=(0, 2)).clamp_min(1)
