@@ -1008,6 +1008,11 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
                 fail(f"negatives_max_distance={cfg.negatives_max_distance} does not support {name}")
     if getattr(cfg, "sensor_power_path_after_norm", False) and not cfg.sensor_power_path:
         fail("sensor_power_path_after_norm=True needs sensor_power_path=True")
+    if getattr(cfg, "cnn_frame_power_before_path", False) and not (
+        cfg.sensor_power_path and cfg.cnn_frame_power
+    ):
+        fail("cnn_frame_power_before_path=True needs sensor_power_path=True and "
+             "cnn_frame_power=True")
     if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
         fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
              "sensor_power_path=True")
