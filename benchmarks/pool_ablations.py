@@ -5,7 +5,10 @@ Each ``benchmarks/ablation.py`` output holds a few pre-training runs of a varian
 1 and 2 on CPU, and seeds 1 and 2 again on a GPU visit, where other numerics make them other
 runs). Pooling gives the spread over every pre-training run, as the research log asks, with
 the mean of each run listed so that no single run hides in the pool. Only outputs of the same
-data (generator setting) should be pooled: the script refuses outputs whose data differ.
+data (generator setting) should be pooled: the script refuses outputs whose data differ. Where
+the same recipe carries another name in an older output (the shipped recipe was
+``shipped+sensor_power_path`` before it shipped), ``--variant`` takes one name per source,
+separated by commas.
 
 Example::
 
@@ -19,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,10 +43,11 @@ def _data_name(combined: Dict[str, object]) -> str:
     return os.path.basename(str(combined.get("data", "")).rstrip("/"))
 
 
-def pool(sources: Sequence[Tuple[str, Dict[str, object]]], variant: str, row: str
-         ) -> Dict[str, Dict[str, object]]:
+def pool(sources: Sequence[Tuple[str, Dict[str, object]]],
+         variant: Union[str, Sequence[str]], row: str) -> Dict[str, Dict[str, object]]:
     """Per task: the pooled summary of ``row`` (e.g. ``probe checkpoint``) over every source.
 
+    ``variant`` is one name for every source, or one name per source.
     Returns ``{task: {"macro_f1": {mean, std, ...}, "runs": {"label-s<k>": mean F1}}}``.
     Raises ``ValueError`` naming the source when a variant is missing or the data differ.
     """
@@ -51,8 +55,14 @@ def pool(sources: Sequence[Tuple[str, Dict[str, object]]], variant: str, row: st
     if len(names) > 1:
         raise ValueError(f"the outputs were made on different data ({', '.join(sorted(names))});"
                          " pool runs of one generator setting only")
+    variants = [variant] if isinstance(variant, str) else list(variant)
+    if len(variants) == 1:
+        variants *= len(sources)
+    if len(variants) != len(sources):
+        raise ValueError(f"{len(variants)} variant names for {len(sources)} sources: give one "
+                         "name, or one per source")
     pooled: Dict[str, Dict[str, object]] = {}
-    for label, combined in sources:
+    for (label, combined), variant in zip(sources, variants):
         if variant not in combined["variants"]:
             raise ValueError(f"{label}: no variant {variant!r} (has "
                              f"{', '.join(combined['variants'])})")
@@ -72,12 +82,14 @@ def pool(sources: Sequence[Tuple[str, Dict[str, object]]], variant: str, row: st
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="LABEL=OUT/ablation.json (or a path)")
-    parser.add_argument("--variant", default="shipped")
+    parser.add_argument("--variant", default="shipped",
+                        help="the variant to pool, or its name in each source, in order, "
+                        "separated by commas")
     parser.add_argument("--row", default="probe checkpoint",
                         help="result row, e.g. 'probe checkpoint', 'fine-tune 10%% checkpoint'")
     args = parser.parse_args(argv)
     try:
-        pooled = pool(load_sources(args.sources), args.variant, args.row)
+        pooled = pool(load_sources(args.sources), args.variant.split(","), args.row)
     except (OSError, ValueError, KeyError) as error:
         parser.error(str(error))
     print(f"| task | {args.row}: macro-F1 mean ± std (runs) | mean per pre-training run |")

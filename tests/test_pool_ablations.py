@@ -50,6 +50,25 @@ def test_pool_refuses_other_data_and_missing_variants(tmp_path):
                             "probe checkpoint")
 
 
+def test_pool_takes_the_variants_name_in_each_source(tmp_path, capsys):
+    """A recipe renamed between outputs: one ``--variant`` name per source."""
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(ablation_output({1: 0.80})))
+    renamed = ablation_output({3: 0.60})
+    renamed["variants"]["shipped+path"] = renamed["variants"].pop("shipped")
+    second.write_text(json.dumps(renamed))
+    sources = pool_ablations.load_sources([f"cpu={first}", f"gpu={second}"])
+    pooled = pool_ablations.pool(sources, ["shipped", "shipped+path"], "probe checkpoint")
+    assert pooled["event"]["runs"] == pytest.approx({"cpu-s1": 0.805, "gpu-s3": 0.605})
+    with pytest.raises(ValueError, match="3 variant names for 2 sources"):
+        pool_ablations.pool(sources, ["shipped", "shipped+path", "x"], "probe checkpoint")
+    with pytest.raises(ValueError, match="gpu: no variant 'shipped'"):
+        pool_ablations.pool(sources, "shipped", "probe checkpoint")
+    assert pool_ablations.main(["--variant", "shipped,shipped+path", f"cpu={first}",
+                                f"gpu={second}"]) == 0
+    assert "gpu-s3 0.605" in capsys.readouterr().out
+
+
 def test_help_prints_the_options(capsys):
     with pytest.raises(SystemExit) as stop:
         pool_ablations.main(["--help"])
