@@ -179,7 +179,7 @@ def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndar
     specs.append(SourceSpec(f"frame log power, random projection {dim}", mixed_power,
                             seeded=True))
     if power_bands:
-        name = (f"frame log power in {band_names(power_bands)}, random projection {dim}")
+        name = f"frame log power in {band_names(power_bands)}, random projection {dim}"
 
         def mixed_band_power(seed: int) -> MixedFramePower:
             rows = axes[1].shape[0] * len(power_bands)
