@@ -759,6 +759,51 @@ def test_frame_power_head_learns_its_targets_on_a_toy():
     assert sum(losses[-30:]) / 30 < 0.8 < sum(losses[:30]) / 30
 
 
+def test_encoder_frame_power_reads_the_transformer_output_of_the_unmasked_frames_only():
+    """``encoder_frame_power``: a second head regresses the frame-power targets from the
+    Transformer's output (the features ``--layer last`` extracts) at the frames that were
+    neither time-masked nor padding; its loss comes after the frame-power loss and its
+    gradient reaches the Transformer; it is removed with the other pre-training heads."""
+    torch.manual_seed(0)
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+                          encoder_frame_power=True).train()
+    captured, masks = [], []
+    hook = model.encoder_frame_power.head.register_forward_hook(
+        lambda _m, args, _out: captured.append(args[0]))
+    loss_fn = model.encoder_frame_power.loss
+    model.encoder_frame_power.loss = lambda encoded, frames, targets: (
+        masks.append((frames, model._mask_indices.clone())) or loss_fn(encoded, frames, targets))
+    out = model(batch()["net_input"]["source"])
+    hook.remove()
+    frames, mask_indices = masks[0]
+    assert mask_indices.any() and (frames == ~mask_indices).all()  # no padding here
+    assert captured[0].shape == (int(frames.sum()), 32)  # encoder_embed_dim, unmasked frames
+    extra = model.get_extra_losses(out)
+    assert len(extra) == 4  # diversity, features_pen, frame power, encoder frame power
+    assert extra[2] is out["frame_power_loss"] and extra[3] is out["encoder_frame_power_loss"]
+    assert not model.encoder._forward_hooks
+    del model.encoder_frame_power.loss
+    loss, _, logging = criterion([1.0, 10, 1.0, 1.0])(model, batch())
+    assert torch.isfinite(loss) and logging["loss_3"] > 0
+    loss.backward()
+    assert model.encoder_frame_power.head.weight.grad.abs().sum() > 0
+    assert model.encoder.layers[-1].fc2.weight.grad.abs().sum() > 0
+    model.remove_pretraining_modules()
+    assert model.encoder_frame_power is None
+    assert not any("frame_power" in k for k in model.state_dict())
+
+
+def test_encoder_frame_power_skips_padded_frames():
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+                          encoder_frame_power=True)
+    model._mask_indices = torch.tensor([[True, False, False, False], [False, True, False, False]])
+    padding = torch.tensor([[False, False, False, True], [False, False, True, True]])
+    frames = model._unmasked_frames(torch.zeros(2, 4, 32), padding)
+    assert frames.tolist() == [[False, True, True, False], [True, False, False, False]]
+    model._mask_indices = None
+    assert model._unmasked_frames(torch.zeros(2, 4, 32), None).all()
+
+
 # --------------------------------------------------------------------------- negatives
 
 
@@ -928,6 +973,7 @@ def test_model_in_bfloat16_trains(options):
          r"sensor_power_path_bands band \(100, 130\).*Nyquist"),
         ({"sensor_power_path": True, "sensor_power_path_bands": "8-13"},
          "sensor_power_path_bands='8-13'"),
+        ({"encoder_frame_power": True}, "encoder_frame_power=True needs cnn_frame_power=True"),
         ({"cnn_frame_power_before_path": True, "sensor_power_path": True},
          "cnn_frame_power_before_path=True needs sensor_power_path=True and cnn_frame_power"),
         ({"cnn_frame_power_before_path": True, "cnn_frame_power": True},

@@ -28,7 +28,9 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   (``target_teacher_layers``, ``target_teacher_decay``, ``target_teacher_end_decay``,
   ``target_teacher_anneal_updates``; :mod:`.teacher`);
 * each frame's per-sensor log power regressed from the convolutional encoder's output, so
-  the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`);
+  the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`), and the same targets
+  from the Transformer's output at the unmasked frames, so its layers keep it too
+  (``encoder_frame_power``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -55,7 +57,8 @@ Extra losses, in the order of :meth:`Meg2VecModel.get_extra_losses` (one
      reconstruction_loss,  (only with target_reconstruction)
      teacher_loss,  (only with target_teacher_layers)
      code_classification_loss,  (only with target_code_classification)
-     frame_power_loss]  (only with cnn_frame_power)
+     frame_power_loss,  (only with cnn_frame_power)
+     encoder_frame_power_loss]  (only with encoder_frame_power)
 
 Pretext accuracies are in the net output as ``pretext_<name>_accuracy`` (log them with
 ``criterion.log_keys``). Example, the pretext heads on top of the shipped tiny config (its yaml
@@ -93,6 +96,7 @@ from torch.nn import functional as F
 
 from .band_power import BandPowerTargets
 from .frame_power import FramePowerTargets
+from .masked_regression import MaskedRegressionHead
 from .pretext import PretextTasks, parse_bands
 from .reconstruction import SensorReconstructionTargets
 from .sensor_power import SensorPowerPath
@@ -327,6 +331,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "with the crop's FFT), so the convolutions keep which rhythm carries the power. "
             "Needs 0 <= low < high < sample_rate / 2. '' = the unfiltered signal, one value "
             "per sensor"
+        },
+    )
+    encoder_frame_power: bool = field(
+        default=False,
+        metadata={
+            "help": "with cnn_frame_power: a second linear head regresses the same per-frame "
+            "sensor log power from the Transformer's output at the unmasked frames (wav2vec "
+            "2.0 puts no loss there, yet features are read from those outputs), so the "
+            "Transformer keeps each frame's power per sensor that the convolutions keep; an "
+            "extra loss after the frame-power loss (add its criterion.loss_weights entry)"
         },
     )
     sensor_power_path: bool = field(
@@ -638,6 +652,11 @@ class Meg2VecModel(Wav2Vec2Model):
                 bands=frame_bands,
                 sample_rate=_config_sample_rate(cfg) if frame_bands else None,
             )
+        self.encoder_frame_power: Optional[MaskedRegressionHead] = None
+        if getattr(cfg, "encoder_frame_power", False):
+            self.encoder_frame_power = MaskedRegressionHead(
+                cfg.encoder_embed_dim, self.frame_power.head.out_features
+            )
 
     @classmethod
     def build_model(cls, cfg: Meg2VecConfig, task=None) -> "Meg2VecModel":
@@ -727,6 +746,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 or regressions
                 or self.teacher is not None
                 or self.code_head is not None
+                or self.encoder_frame_power is not None
             ):
                 handle = self.encoder.register_forward_hook(
                     lambda _module, _args, output: captured.append(output[0])
@@ -771,6 +791,12 @@ class Meg2VecModel(Wav2Vec2Model):
                 result["frame_power_loss"] = self.frame_power.loss(
                     features, frames, frame_power_targets
                 )
+            if self.encoder_frame_power is not None:
+                result["encoder_frame_power_loss"] = self.encoder_frame_power.loss(
+                    captured[-1],
+                    self._unmasked_frames(captured[-1], result.get("padding_mask")),
+                    frame_power_targets,
+                )
             return result
         finally:
             self._mask_indices = None
@@ -803,6 +829,17 @@ class Meg2VecModel(Wav2Vec2Model):
             captured.append(norm(output.transpose(1, 2)))
 
         return extractor.stack_output.register_forward_hook(normalise)
+
+    def _unmasked_frames(
+        self, encoded: torch.Tensor, padding_mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``(B, T')`` boolean, True at the frames that were neither time-masked nor padding."""
+        frames = encoded.new_ones(encoded.shape[:2], dtype=torch.bool)
+        if self._mask_indices is not None:
+            frames &= ~self._mask_indices
+        if padding_mask is not None:
+            frames &= ~padding_mask
+        return frames
 
     def _regression_heads(self) -> List[Tuple[str, nn.Module]]:
         """The enabled masked-regression objectives, in extra-loss order."""
@@ -890,8 +927,9 @@ class Meg2VecModel(Wav2Vec2Model):
         """fairseq's ``[diversity, features_pen]``, one loss per enabled pretext family, then
         the band-power loss (``target_band_power``), the reconstruction loss
         (``target_reconstruction``), the teacher loss (``target_teacher_layers``), the
-        code-classification loss (``target_code_classification``) and the frame-power loss
-        (``cnn_frame_power``) when they are on.
+        code-classification loss (``target_code_classification``), the frame-power loss
+        (``cnn_frame_power``) and the encoder's frame-power loss (``encoder_frame_power``)
+        when they are on.
 
         Pretext losses follow :data:`~.pretext.PRETEXT_NAMES` order (band_stop,
         phase_shift, amplitude_scale); ``None`` (skipped by the criterion) when the net
@@ -907,6 +945,8 @@ class Meg2VecModel(Wav2Vec2Model):
             losses.append(net_output.get("code_classification_loss"))
         if self.frame_power is not None:
             losses.append(net_output.get("frame_power_loss"))
+        if self.encoder_frame_power is not None:
+            losses.append(net_output.get("encoder_frame_power_loss"))
         return losses
 
     def set_num_updates(self, num_updates: int) -> None:
@@ -918,7 +958,7 @@ class Meg2VecModel(Wav2Vec2Model):
     def remove_pretraining_modules(self, last_layer=None) -> None:
         """fairseq's removal of the pre-training modules, plus the pretext heads, the
         regression heads, the data2vec teacher, the code-classification head and the
-        frame-power head."""
+        frame-power heads."""
         super().remove_pretraining_modules(last_layer=last_layer)
         self.pretext = None
         self.code_head = None
@@ -926,6 +966,7 @@ class Meg2VecModel(Wav2Vec2Model):
         self.reconstruction = None
         self.teacher = None
         self.frame_power = None
+        self.encoder_frame_power = None
 
 
 def pretext_enabled(cfg: Meg2VecConfig) -> bool:
@@ -1015,6 +1056,8 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     ):
         fail("cnn_frame_power_before_path=True needs sensor_power_path=True and "
              "cnn_frame_power=True")
+    if getattr(cfg, "encoder_frame_power", False) and not cfg.cnn_frame_power:
+        fail("encoder_frame_power=True needs cnn_frame_power=True (its targets)")
     if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
         fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
              "sensor_power_path=True")
