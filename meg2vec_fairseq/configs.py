@@ -28,6 +28,7 @@ PLAIN_WAV2VEC2_MODEL = {
     "mask_sensors_prob": 0,
     "negatives_max_distance": 0,
     "cnn_frame_power": False,
+    "encoder_frame_power": False,
     "sensor_power_path": False,
 }
 

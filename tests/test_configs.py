@@ -42,7 +42,9 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     # the convolutions keep each frame's sensor power (round 30), weight 1 after the
     # diversity and feature-penalty weights
     assert model.cnn_frame_power is True
-    assert list(load(name).criterion.loss_weights)[2:] == [1.0]
+    # ... and so does the Transformer at its unmasked frames (round 35), weight 1 last
+    assert model.encoder_frame_power is True
+    assert list(load(name).criterion.loss_weights)[2:] == [1.0, 1.0]
     # each sensor's frame power enters the conv output before mixing (round 31)
     assert model.sensor_power_path is True
 
@@ -65,6 +67,40 @@ def test_one_loss_weight_per_extra_loss_shipped_and_plain(name, tmp_path):
         model, _ = pr.build_random_model(str(path), 0, 8)
         extra = model.train().get_extra_losses(model(torch.randn(2, 8, 1250)))
         assert len(extra) == len(weights), (name, fields)
+        assert len(model.extra_loss_names()) == len(extra)
+        assert all(torch.is_tensor(loss) for loss in extra)
+
+
+def test_the_task_refuses_loss_weights_that_do_not_match_the_extra_losses(tmp_path):
+    """fairseq's criterion only asserts the count at the first update; the task checks it
+    when the criterion is built, naming the losses."""
+    from fairseq.criterions.wav2vec_criterion import Wav2VecCriterionConfig
+
+    raw = load("meg2vec_tiny")
+    write_manifest(tmp_path, random_segments(2, channels=8))
+    task = MegPretrainingTask.setup_task(OmegaConf.merge(
+        OmegaConf.structured(MegPretrainingConfig), raw.task,
+        {"data": str(tmp_path), "in_channels": 8}))
+    model_cfg, _ = pr.meg2vec_config(_tiny_with(tmp_path / "cfg"), in_channels=8)
+    OmegaConf.set_struct(model_cfg, False)
+    model_cfg._name = "meg2vec"  # how fairseq finds the model class
+    model = task.build_model(model_cfg)
+    names = ["diversity", "features_pen", "frame_power", "encoder_frame_power"]
+    assert model.extra_loss_names() == names
+
+    def criterion_cfg(weights):
+        cfg = OmegaConf.merge(OmegaConf.structured(Wav2VecCriterionConfig),
+                              {"infonce": True, "loss_weights": weights})
+        OmegaConf.set_struct(cfg, False)
+        cfg._name = "wav2vec"
+        return cfg
+
+    with pytest.raises(ValueError, match=r"loss_weights=\[1.0, 10.0, 1.0\] has 3 entries but "
+                       r"the model has 4 extra losses \(diversity, features_pen, frame_power, "
+                       r"encoder_frame_power\)"):
+        task.build_criterion(criterion_cfg([1.0, 10, 1.0]))
+    for weights in (list(raw.criterion.loss_weights), [1.0], None):
+        assert task.build_criterion(criterion_cfg(weights)).loss_weights == weights
 
 
 def _tiny_with(tmp_path: Path, **model_fields) -> str:

@@ -1067,7 +1067,7 @@ def test_hydra_train_with_every_objective_on(tmp_path):
         "model.pretext_phase_shift_classes=4", "model.pretext_amplitude_scale_classes=5",
         "model.target_codebook_size=256", "model.negatives_max_distance=10",
         "model.mask_sensors_prob=0.2",
-        "criterion.loss_weights=[1.0,10,1.0,1.0,1.0,1.0]",
+        "criterion.loss_weights=[1.0,10,1.0,1.0,1.0,1.0,1.0]",
         f"criterion.log_keys=[{','.join(log_keys)}]",
     ]
     # fmt: on

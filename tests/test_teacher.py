@@ -168,7 +168,7 @@ def test_hydra_train_moves_the_teacher_and_saves_it(tmp_path):
         "common.log_interval=1", "dataset.validate_interval=1",
         "model.target_teacher_layers=2", "model.target_teacher_decay=0.5",
         "model.target_teacher_end_decay=0.9", "model.target_teacher_anneal_updates=4",
-        "criterion.loss_weights=[1.0,10,1.0,1.0]",
+        "criterion.loss_weights=[1.0,10,1.0,1.0,1.0]",
     ]
     # fmt: on
     result = run_command(command, timeout=300)

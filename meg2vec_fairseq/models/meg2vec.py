@@ -69,7 +69,7 @@ lists every field, so plain ``model.`` overrides work; a yaml that does not list
       common.user_dir=meg2vec_fairseq task.data=manifests/demo \\
       "model.pretext_band_stop='[(1,4),(4,8),(8,13),(13,30)]'" \\
       model.pretext_phase_shift_classes=4 model.pretext_amplitude_scale_classes=5 \\
-      "criterion.loss_weights=[1.0,10,1.0,1.0,1.0,1.0]" \\
+      "criterion.loss_weights=[1.0,10,1.0,1.0,1.0,1.0,1.0]" \\
       "criterion.log_keys=[prob_perplexity,code_perplexity,temp,pretext_band_stop_accuracy,\\
     pretext_phase_shift_accuracy,pretext_amplitude_scale_accuracy]"
 
@@ -936,18 +936,27 @@ class Meg2VecModel(Wav2Vec2Model):
         output has none (not a pre-training forward).
         """
         losses = super().get_extra_losses(net_output)
-        if self.pretext is not None:
-            losses.extend(net_output.get(f"pretext_{name}_loss") for name in self.pretext.names)
-        losses.extend(net_output.get(f"{name}_loss") for name, _ in self._regression_heads())
-        if self.teacher is not None:
-            losses.append(net_output.get("teacher_loss"))
-        if self.code_head is not None:
-            losses.append(net_output.get("code_classification_loss"))
-        if self.frame_power is not None:
-            losses.append(net_output.get("frame_power_loss"))
-        if self.encoder_frame_power is not None:
-            losses.append(net_output.get("encoder_frame_power_loss"))
+        ours = self.extra_loss_names()[self._fairseq_extra_losses():]
+        losses.extend(net_output.get(f"{name}_loss") for name in ours)
         return losses
+
+    def extra_loss_names(self) -> List[str]:
+        """Names of the extra losses of a pre-training forward, in
+        :meth:`get_extra_losses` order: one ``criterion.loss_weights`` entry each."""
+        names = ["diversity", "features_pen"][-self._fairseq_extra_losses():]
+        if self.pretext is not None:
+            names.extend(f"pretext_{name}" for name in self.pretext.names)
+        names.extend(name for name, _ in self._regression_heads())
+        heads = [("teacher", self.teacher), ("code_classification", self.code_head),
+                 ("frame_power", self.frame_power),
+                 ("encoder_frame_power", self.encoder_frame_power)]
+        names.extend(name for name, head in heads if head is not None)
+        return names
+
+    def _fairseq_extra_losses(self) -> int:
+        """fairseq's own extra losses: the diversity term (when there is a quantizer, which
+        reports ``prob_perplexity``) and the feature penalty."""
+        return 2 if self.quantizer is not None else 1
 
     def set_num_updates(self, num_updates: int) -> None:
         """fairseq's update count, and one EMA step of the data2vec teacher per new update."""

@@ -121,6 +121,29 @@ class MegPretrainingTask(AudioPretrainingTask):
 
     cfg: MegPretrainingConfig
 
+    def build_model(self, model_cfg, from_checkpoint: bool = False):
+        """fairseq's model building; remembers the model's extra losses for
+        :meth:`build_criterion`."""
+        model = super().build_model(model_cfg, from_checkpoint)
+        names = getattr(model, "extra_loss_names", None)
+        self._extra_loss_names = names() if names is not None else None
+        return model
+
+    def build_criterion(self, cfg, from_checkpoint: bool = False):
+        """fairseq's criterion, after checking that ``criterion.loss_weights`` has one
+        weight per extra loss of the model built by :meth:`build_model` (or a single weight,
+        which fairseq applies to all).
+
+        Raises
+        ------
+        ValueError
+            When the counts differ: fairseq would only fail at the first update, with a
+            bare assertion.
+        """
+        check_loss_weights(getattr(cfg, "loss_weights", None),
+                           getattr(self, "_extra_loss_names", None))
+        return super().build_criterion(cfg, from_checkpoint)
+
     def load_dataset(
         self, split: str, task_cfg: Optional[MegPretrainingConfig] = None, **kwargs
     ) -> None:
@@ -201,6 +224,18 @@ class MegPretrainingTask(AudioPretrainingTask):
         ):
             epoch_iter.__class__ = _translating_class(type(epoch_iter))
         return epoch_iter
+
+
+def check_loss_weights(weights, names) -> None:
+    """Raise a one-line ``ValueError`` unless ``weights`` (``criterion.loss_weights``) has one
+    entry per name in ``names`` (the model's extra losses), or is unset, or a single weight;
+    no check when ``names`` is ``None`` (a model that does not list its losses)."""
+    if names is None or not weights or len(weights) == 1 or len(weights) == len(names):
+        return
+    raise ValueError(
+        f"criterion.loss_weights={list(weights)} has {len(weights)} entries but the model has "
+        f"{len(names)} extra losses ({', '.join(names)}): give one weight per extra loss"
+    )
 
 
 def match_source_dtype(sample: Optional[dict], model: torch.nn.Module) -> Optional[dict]:
