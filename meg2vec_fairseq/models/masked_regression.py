@@ -4,7 +4,8 @@ Shared by the regression objectives of ``meg2vec`` (:mod:`.band_power`,
 :mod:`.reconstruction`): each subclass computes its ``(B, frames, D)`` targets from the full
 input (no gradient); the loss is the mean squared error of the head on the masked frames.
 :mod:`.frame_power` uses the same head on the conv encoder's output with every unpadded frame
-selected.
+selected, and ``encoder_frame_power`` on the Transformer output with the unmasked frames
+selected (the ``mask_indices`` argument is whichever frames are scored).
 """
 
 import torch
