@@ -9,7 +9,7 @@ Python prints as its message alone) whose ``__cause__`` is the original error.
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from fairseq.data import iterators
@@ -120,6 +120,9 @@ class MegPretrainingTask(AudioPretrainingTask):
     """
 
     cfg: MegPretrainingConfig
+    #: the extra losses of the model :meth:`build_model` built (None: none built yet, or a
+    #: model that does not list them)
+    _extra_loss_names: Optional[List[str]] = None
 
     def build_model(self, model_cfg, from_checkpoint: bool = False):
         """fairseq's model building; remembers the model's extra losses for
@@ -140,8 +143,7 @@ class MegPretrainingTask(AudioPretrainingTask):
             When the counts differ: fairseq would only fail at the first update, with a
             bare assertion.
         """
-        check_loss_weights(getattr(cfg, "loss_weights", None),
-                           getattr(self, "_extra_loss_names", None))
+        check_loss_weights(getattr(cfg, "loss_weights", None), self._extra_loss_names)
         return super().build_criterion(cfg, from_checkpoint)
 
     def load_dataset(
@@ -226,7 +228,9 @@ class MegPretrainingTask(AudioPretrainingTask):
         return epoch_iter
 
 
-def check_loss_weights(weights, names) -> None:
+def check_loss_weights(
+    weights: Optional[Sequence[float]], names: Optional[List[str]]
+) -> None:
     """Raise a one-line ``ValueError`` unless ``weights`` (``criterion.loss_weights``) has one
     entry per name in ``names`` (the model's extra losses), or is unset, or a single weight;
     no check when ``names`` is ``None`` (a model that does not list its losses)."""
