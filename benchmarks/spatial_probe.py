@@ -23,7 +23,13 @@ seeds) as the benchmark:
   waveform) or by its mean and log variance (power), also on the top ``--pca`` components:
   which per-frame summary a frame-level encoder would have to keep for the task; and each
   sensor's frame log power mixed into ``--dim`` features by a random matrix (power taken
-  before the sensors are mixed, as ``model.sensor_power_path`` does).
+  before the sensors are mixed, as ``model.sensor_power_path`` does);
+- with ``--power-pca k ...``: each sensor's frame log power, standardised per sensor, on the
+  top ``k`` principal axes of that standardised log power over the pre-training recordings:
+  what a width-``k`` code trained to reconstruct every sensor's frame power with a squared
+  error (``model.cnn_frame_power`` through a linear path) would keep at best. With
+  ``--power-baseline``, also the same after subtracting each sensor's mean log power over the
+  window (the power *change*, as event-related (de)synchronisation is measured).
 
 Random views are redrawn per probe seed. Prints a table; ``--json`` writes the result.
 
@@ -190,6 +196,59 @@ def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndar
     return specs
 
 
+class FramePowerAxes(MixedFramePower):
+    """Each sensor's frame log power, standardised per sensor, projected on fixed axes; with
+    ``baseline``, each sensor's mean over the window's frames is subtracted first."""
+
+    def __init__(self, name: str, receptive_field: int, stride: int, mean: np.ndarray,
+                 scale: np.ndarray, axes: np.ndarray, baseline: bool = False) -> None:
+        super().__init__(name, receptive_field, stride, np.eye(len(mean)))
+        self.mean, self.scale, self.axes, self.baseline = mean, scale, axes, baseline
+
+    def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', k)`` and frame centres."""
+        power, centres = super().frames(windows)  # (B, T', C), identity mix
+        power = (power - self.mean) / self.scale
+        if self.baseline:
+            power = power - power.mean(axis=1, keepdims=True)
+        return power @ self.axes, centres
+
+
+def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence[int],
+                    baseline: bool) -> List[SourceSpec]:
+    """The ``--power-pca`` rows: frame log power on the top ``k`` axes of its own covariance
+    over the first ``max_files`` pre-training segments (per-segment baseline removed first
+    for the ``baseline`` rows, so that their axes are those of the power changes)."""
+    from meg2vec_fairseq.configs import load_pretraining_config
+    from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+
+    geometry = conv_frame_geometry(load_pretraining_config(config).model.conv_feature_layers)
+    files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))
+    if not files:
+        raise SystemExit(f"error: no .npy segments under {pretrain_dir}")
+    cutter = FrameSummary("power", *geometry, log_power=True)
+    segments = []
+    for path in files[:max_files]:
+        data = np.load(path).astype(np.float64)[None]
+        segments.append(cutter.frames(data)[0][0, :, data.shape[1]:])  # (T', C) log power
+    power = np.concatenate(segments)
+    mean, scale = power.mean(axis=0), np.maximum(power.std(axis=0), 1e-8)
+    specs = []
+    for corrected in ([False, True] if baseline else [False]):
+        standard = [(segment - mean) / scale for segment in segments]
+        if corrected:
+            standard = [segment - segment.mean(axis=0) for segment in standard]
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(np.concatenate(standard).T))
+        order = np.argsort(eigenvalues)[::-1]
+        for k in ks:
+            name = (f"frame log power{' change' if corrected else ''}, "
+                    f"top {k} axes of its own")
+            view = FramePowerAxes(name, *geometry, mean, scale, eigenvectors[:, order[:k]],
+                                  baseline=corrected)
+            specs.append(SourceSpec(name, lambda seed, view=view: view))
+    return specs
+
+
 def band_names(bands: Sequence[Optional[Tuple[float, float]]]) -> str:
     """``all, 8-13 Hz, ...`` for a list of bands (None: unfiltered)."""
     return ", ".join("all" if band is None else f"{band[0]:g}-{band[1]:g} Hz" for band in bands)
@@ -277,6 +336,9 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
                                 seeded=True))
     if args.frame_views:
         specs += frame_views(args.frame_config, args.pca, axes, args.dim, args.power_bands)
+    if args.power_pca:
+        specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
+                                 args.frame_config, args.power_pca, args.power_baseline)
     return specs
 
 
@@ -299,15 +361,22 @@ def main(argv: Sequence[str] = None) -> int:
                         help="with --frame-views: one more row, each sensor's frame log power "
                         "in these bands (LOW-HIGH Hz, 'all' unfiltered) mixed by one random "
                         "matrix")
+    parser.add_argument("--power-pca", type=int, nargs="*", default=[],
+                        help="rows of each sensor's standardised frame log power on the top k "
+                        "axes of its own covariance (frames of --frame-config)")
+    parser.add_argument("--power-baseline", action="store_true",
+                        help="with --power-pca: also rows of the power change (each sensor's "
+                        "mean over the window subtracted)")
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
     args = parser.parse_args(argv)
-    if args.dim < 1 or any(k < 1 for k in args.pca):
-        parser.error("--dim and --pca must be >= 1")
+    if args.dim < 1 or any(k < 1 for k in args.pca + args.power_pca):
+        parser.error("--dim, --pca and --power-pca must be >= 1")
     dataset = load_task(parser, args)
     axes = principal_axes(os.path.join(args.data, "pretrain"), args.pca_files)
-    if any(k > dataset.n_channels for k in args.pca):
-        parser.error(f"--pca values must be <= the {dataset.n_channels} sensors")
+    if any(k > dataset.n_channels for k in args.pca + args.power_pca):
+        parser.error(f"--pca and --power-pca values must be <= the {dataset.n_channels} "
+                     "sensors")
     result = run_probe(dataset, views(args, dataset.n_channels, axes), args.seeds)
     shares = {str(k): float(axes[0][:k].sum() / axes[0].sum()) for k in args.pca}
     result["pca_variance_share"] = shares

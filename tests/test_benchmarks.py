@@ -60,7 +60,8 @@ def test_spatial_probe_runs_every_view(tmp_path):
     result = run_command(
         [sys.executable, "benchmarks/spatial_probe.py", "--data", data, "--task", "state",
          "--pca", "4", "--dim", "8", "--pca-files", "3", "--seeds", "0", "--frame-views",
-         "--power-bands", "all", "8-13", "--json", str(out)],
+         "--power-bands", "all", "8-13", "--power-pca", "4", "--power-baseline",
+         "--json", str(out)],
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -70,9 +71,11 @@ def test_spatial_probe_runs_every_view(tmp_path):
                      "random projection 8", "PCA 4", "conv1 of meg2vec_tiny", "frame mean",
                      "frame mean + log power", "PCA 4 frame mean + log power",
                      "frame log power, random projection 8",
-                     "frame log power in all, 8-13 Hz, random projection 8"]
+                     "frame log power in all, 8-13 Hz, random projection 8",
+                     "frame log power, top 4 axes of its own",
+                     "frame log power change, top 4 axes of its own"]
     # meg2vec_tiny's frames: 60 samples every 10; mean (+ log variance) per sensor or component
-    frame_rows = {s["name"]: s for s in report["sources"][-5:]}
+    frame_rows = {s["name"]: s for s in report["sources"][-7:]}
     assert frame_rows["frame mean"]["source"]["receptive_field"] == 60
     assert frame_rows["frame mean"]["source"]["stride"] == 10
     n_sensors = report["sources"][0]["feature_dim"] // 2
@@ -84,6 +87,9 @@ def test_spatial_probe_runs_every_view(tmp_path):
     banded = frame_rows["frame log power in all, 8-13 Hz, random projection 8"]
     assert banded["feature_dim"] == 2 * 8
     assert banded["source"]["receptive_field"] == 60
+    for name in ("frame log power, top 4 axes of its own",
+                 "frame log power change, top 4 axes of its own"):
+        assert frame_rows[name]["feature_dim"] == 2 * 4
     assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
     assert 0 < report["pca_variance_share"]["4"] <= 1
     assert "PCA 4" in result.stdout
@@ -178,3 +184,30 @@ def test_training_summary_keeps_every_criterion_term():
     assert summary["final_train"]["loss_3"] == 0.5 and summary["final_valid"]["loss_10"] == 0.1
     assert list(summary["final_train"])[-5:] == ["loss_0", "loss_1", "loss_2", "loss_3", "loss_10"]
     assert summary["updates"] == 600
+
+
+def test_frame_power_axes_standardise_project_and_remove_the_baseline():
+    """``spatial_probe.FramePowerAxes``: each sensor's frame log power, standardised with the
+    given mean and scale, on the given axes; with ``baseline`` each sensor's mean over the
+    window's frames is removed, so a power step keeps its change and loses its level."""
+    sys.path.insert(0, "benchmarks")
+    import spatial_probe
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(2, 600))
+    noise[1, 300:] *= 4.0  # sensor 1's power steps up by log(16) half-way
+    mean, scale = np.array([0.0, 1.0]), np.array([1.0, 2.0])
+    axes = np.array([[1.0], [0.0]])  # keep sensor 0 only
+    plain = spatial_probe.FramePowerAxes("plain", 60, 10, mean, scale, np.eye(2))
+    frames, _ = plain.frames(noise[None])
+    np.testing.assert_allclose(frames[0, :10, 0].mean(), np.log(1.0), atol=0.3)
+    step = frames[0, -10:, 1].mean() - frames[0, :10, 1].mean()
+    np.testing.assert_allclose(step, np.log(16.0) / 2.0, atol=0.3)  # divided by the scale 2
+    projected, _ = spatial_probe.FramePowerAxes("one", 60, 10, mean, scale, axes).frames(
+        noise[None])
+    assert projected.shape == (1, frames.shape[1], 1)
+    np.testing.assert_allclose(projected[..., 0], frames[..., 0])
+    changed, _ = spatial_probe.FramePowerAxes("change", 60, 10, mean, scale, np.eye(2),
+                                              baseline=True).frames(noise[None])
+    np.testing.assert_allclose(changed.mean(axis=1), 0.0, atol=1e-9)
+    np.testing.assert_allclose(changed[0, -10:, 1].mean() - changed[0, :10, 1].mean(), step)
