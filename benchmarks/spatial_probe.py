@@ -29,7 +29,9 @@ seeds) as the benchmark:
   what a width-``k`` code trained to reconstruct every sensor's frame power with a squared
   error (``model.cnn_frame_power`` through a linear path) would keep at best. With
   ``--power-baseline``, also the same after subtracting each sensor's mean log power over the
-  window (the power *change*, as event-related (de)synchronisation is measured).
+  window (the power *change*, as event-related (de)synchronisation is measured). With
+  ``--power-pca-mean``, also each sensor's frame mean (the low-passed waveform, which keeps an
+  evoked deflection's sign and shape that the variance removes) and log power together.
 
 Random views are redrawn per probe seed. Prints a table; ``--json`` writes the result.
 
@@ -196,29 +198,38 @@ def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndar
     return specs
 
 
-class FramePowerAxes(MixedFramePower):
-    """Each sensor's frame log power, standardised per sensor, projected on fixed axes; with
-    ``baseline``, each sensor's mean over the window's frames is subtracted first."""
+class FramePowerAxes(FrameSummary):
+    """Each sensor's frame log power (with ``with_mean``, each sensor's frame mean before
+    it), standardised per value, projected on fixed axes; with ``baseline``, each value's mean
+    over the window's frames is subtracted first."""
 
     def __init__(self, name: str, receptive_field: int, stride: int, mean: np.ndarray,
-                 scale: np.ndarray, axes: np.ndarray, baseline: bool = False) -> None:
-        super().__init__(name, receptive_field, stride, np.eye(len(mean)))
-        self.mean, self.scale, self.axes, self.baseline = mean, scale, axes, baseline
+                 scale: np.ndarray, axes: np.ndarray, baseline: bool = False,
+                 with_mean: bool = False) -> None:
+        super().__init__(name, receptive_field, stride, log_power=True)
+        self.mean, self.scale, self.axes = mean, scale, axes
+        self.baseline, self.with_mean = baseline, with_mean
+
+    def summaries(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Unstandardised frame values of ``(B, C, T)`` windows: ``(B, T', C or 2 C)``."""
+        summary, centres = super().frames(windows)  # means, then log variances
+        return (summary if self.with_mean else summary[..., windows.shape[1]:]), centres
 
     def frames(self, windows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', k)`` and frame centres."""
-        power, centres = super().frames(windows)  # (B, T', C), identity mix
-        power = (power - self.mean) / self.scale
+        values, centres = self.summaries(windows)
+        values = (values - self.mean) / self.scale
         if self.baseline:
-            power = power - power.mean(axis=1, keepdims=True)
-        return power @ self.axes, centres
+            values = values - values.mean(axis=1, keepdims=True)
+        return values @ self.axes, centres
 
 
 def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence[int],
-                    baseline: bool) -> List[SourceSpec]:
-    """The ``--power-pca`` rows: frame log power on the top ``k`` axes of its own covariance
-    over the first ``max_files`` pre-training segments (per-segment baseline removed first
-    for the ``baseline`` rows, so that their axes are those of the power changes)."""
+                    baseline: bool, with_mean: bool = False) -> List[SourceSpec]:
+    """The ``--power-pca`` rows: frame log power (and with ``with_mean`` the frame means) on
+    the top ``k`` axes of its own covariance over the first ``max_files`` pre-training
+    segments (per-segment baseline removed first for the ``baseline`` rows, so that their
+    axes are those of the changes)."""
     from meg2vec_fairseq.configs import load_pretraining_config
     from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
@@ -226,13 +237,13 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
     files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))
     if not files:
         raise SystemExit(f"error: no .npy segments under {pretrain_dir}")
-    cutter = FrameSummary("power", *geometry, log_power=True)
-    segments = []
-    for path in files[:max_files]:
-        data = np.load(path).astype(np.float64)[None]
-        segments.append(cutter.frames(data)[0][0, :, data.shape[1]:])  # (T', C) log power
-    power = np.concatenate(segments)
-    mean, scale = power.mean(axis=0), np.maximum(power.std(axis=0), 1e-8)
+    identity = np.zeros(1), np.ones(1), np.eye(1)
+    cutter = FramePowerAxes("values", *geometry, *identity, with_mean=with_mean)
+    segments = [cutter.summaries(np.load(path).astype(np.float64)[None])[0][0]
+                for path in files[:max_files]]  # (T', C or 2 C) each
+    values = np.concatenate(segments)
+    mean, scale = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-8)
+    what = "frame mean + log power" if with_mean else "frame log power"
     specs = []
     for corrected in ([False, True] if baseline else [False]):
         standard = [(segment - mean) / scale for segment in segments]
@@ -241,10 +252,9 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
         eigenvalues, eigenvectors = np.linalg.eigh(np.cov(np.concatenate(standard).T))
         order = np.argsort(eigenvalues)[::-1]
         for k in ks:
-            name = (f"frame log power{' change' if corrected else ''}, "
-                    f"top {k} axes of its own")
+            name = f"{what}{' change' if corrected else ''}, top {k} axes of its own"
             view = FramePowerAxes(name, *geometry, mean, scale, eigenvectors[:, order[:k]],
-                                  baseline=corrected)
+                                  baseline=corrected, with_mean=with_mean)
             specs.append(SourceSpec(name, lambda seed, view=view: view))
     return specs
 
@@ -339,6 +349,10 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
     if args.power_pca:
         specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
                                  args.frame_config, args.power_pca, args.power_baseline)
+        if args.power_pca_mean:
+            specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
+                                     args.frame_config, args.power_pca, args.power_baseline,
+                                     with_mean=True)
     return specs
 
 
@@ -367,6 +381,9 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--power-baseline", action="store_true",
                         help="with --power-pca: also rows of the power change (each sensor's "
                         "mean over the window subtracted)")
+    parser.add_argument("--power-pca-mean", action="store_true",
+                        help="with --power-pca: also rows of each sensor's frame mean and "
+                        "log power together on the top k axes of their own covariance")
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
     args = parser.parse_args(argv)

@@ -61,7 +61,7 @@ def test_spatial_probe_runs_every_view(tmp_path):
         [sys.executable, "benchmarks/spatial_probe.py", "--data", data, "--task", "state",
          "--pca", "4", "--dim", "8", "--pca-files", "3", "--seeds", "0", "--frame-views",
          "--power-bands", "all", "8-13", "--power-pca", "4", "--power-baseline",
-         "--json", str(out)],
+         "--power-pca-mean", "--json", str(out)],
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -73,9 +73,11 @@ def test_spatial_probe_runs_every_view(tmp_path):
                      "frame log power, random projection 8",
                      "frame log power in all, 8-13 Hz, random projection 8",
                      "frame log power, top 4 axes of its own",
-                     "frame log power change, top 4 axes of its own"]
+                     "frame log power change, top 4 axes of its own",
+                     "frame mean + log power, top 4 axes of its own",
+                     "frame mean + log power change, top 4 axes of its own"]
     # meg2vec_tiny's frames: 60 samples every 10; mean (+ log variance) per sensor or component
-    frame_rows = {s["name"]: s for s in report["sources"][-7:]}
+    frame_rows = {s["name"]: s for s in report["sources"][-9:]}
     assert frame_rows["frame mean"]["source"]["receptive_field"] == 60
     assert frame_rows["frame mean"]["source"]["stride"] == 10
     n_sensors = report["sources"][0]["feature_dim"] // 2
@@ -88,7 +90,8 @@ def test_spatial_probe_runs_every_view(tmp_path):
     assert banded["feature_dim"] == 2 * 8
     assert banded["source"]["receptive_field"] == 60
     for name in ("frame log power, top 4 axes of its own",
-                 "frame log power change, top 4 axes of its own"):
+                 "frame log power change, top 4 axes of its own",
+                 "frame mean + log power, top 4 axes of its own"):
         assert frame_rows[name]["feature_dim"] == 2 * 4
     assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
     assert 0 < report["pca_variance_share"]["4"] <= 1
@@ -211,3 +214,12 @@ def test_frame_power_axes_standardise_project_and_remove_the_baseline():
                                               baseline=True).frames(noise[None])
     np.testing.assert_allclose(changed.mean(axis=1), 0.0, atol=1e-9)
     np.testing.assert_allclose(changed[0, -10:, 1].mean() - changed[0, :10, 1].mean(), step)
+    # with_mean: each sensor's frame mean first (a slow deflection the variance misses)
+    ramp = noise + np.r_[np.zeros(300), np.full(300, 5.0)]  # sensor 0's mean steps by 5
+    both = spatial_probe.FramePowerAxes("both", 60, 10, np.zeros(4), np.ones(4), np.eye(4),
+                                        with_mean=True)
+    values, _ = both.frames(ramp[None])
+    assert values.shape == (1, frames.shape[1], 4)
+    np.testing.assert_allclose(values[0, -10:, 0].mean(), 5.0, atol=0.3)
+    np.testing.assert_allclose(values[0, :10, 0].mean(), 0.0, atol=0.3)
+    np.testing.assert_allclose(values[0, -10:, 3].mean(), np.log(16.0), atol=0.3)  # power
