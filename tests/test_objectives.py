@@ -689,6 +689,31 @@ def test_frame_power_targets_are_each_frames_log_variance_per_sensor():
         assert (inside.min() > outside.max()), phase
 
 
+def test_frame_power_with_mean_keeps_an_evoked_deflections_sign():
+    """``with_mean``: each sensor's frame mean (standardised over the batch) comes before its
+    log power; a slow deflection and its negative give the same power targets but opposite
+    mean targets, so a head regressing them must keep the deflection's sign."""
+    from meg2vec_fairseq.models.frame_power import FramePowerTargets
+
+    source = batch(b=3, c=5, t=400)["net_input"]["source"]
+    plain = FramePowerTargets(16, 5, receptive_field=10, stride=5)
+    head = FramePowerTargets(16, 5, receptive_field=10, stride=5, with_mean=True)
+    assert head.head.out_features == 10
+    targets = head.targets(source)
+    assert targets.shape == (3, (400 - 10) // 5 + 1, 10)
+    torch.testing.assert_close(targets[..., 5:], plain.targets(source))
+    means = source.unfold(-1, 10, 5).mean(dim=-1).transpose(1, 2)
+    expected = (means - means.mean(dim=(0, 1))) / means.std(dim=(0, 1))
+    torch.testing.assert_close(targets[..., :5], expected, rtol=1e-4, atol=1e-4)
+    bump = torch.sin(math.pi * torch.arange(75) / 75.0) ** 2 * 4  # 0.3 s at 250 Hz
+    up, down = source.clone(), source.clone()
+    up[:, 2, 200:275] += bump
+    down[:, 2, 200:275] -= bump
+    up_targets, down_targets = head.targets(up), head.targets(down)
+    inside = slice(45, 51)  # frames within its middle (samples 225-265)
+    assert (up_targets[:, inside, 2] > 1).all() and (down_targets[:, inside, 2] < -1).all()
+
+
 def test_frame_power_bands_tell_a_burst_from_a_rhythm_at_another_frequency():
     """With bands, a 25-Hz burst on sensor 1 raises that sensor's 13-30 Hz frame power and not
     its 8-13 Hz one; the head regresses sensors x bands values (sensor-major)."""
@@ -791,6 +816,23 @@ def test_encoder_frame_power_reads_the_transformer_output_of_the_unmasked_frames
     model.remove_pretraining_modules()
     assert model.encoder_frame_power is None
     assert not any("frame_power" in k for k in model.state_dict())
+
+
+def test_frame_power_with_mean_doubles_both_heads_and_adds_no_loss():
+    """``frame_power_with_mean``: the CNN and encoder frame-power heads regress sensors x 2
+    values (means, then powers); the extra losses stay the same four."""
+    torch.manual_seed(0)
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+                          encoder_frame_power=True, frame_power_with_mean=True).train()
+    assert model.frame_power.head.out_features == 16
+    assert model.encoder_frame_power.head.out_features == 16
+    assert model.extra_loss_names() == build_meg2vec(
+        in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+        encoder_frame_power=True).extra_loss_names()
+    loss, _, logging = criterion([1.0, 10, 1.0, 1.0])(model, batch())
+    assert torch.isfinite(loss) and logging["loss_2"] > 0 and logging["loss_3"] > 0
+    loss.backward()
+    assert model.frame_power.head.weight.grad[:8].abs().sum() > 0  # the mean rows learn
 
 
 def test_encoder_frame_power_skips_padded_frames():
@@ -974,6 +1016,8 @@ def test_model_in_bfloat16_trains(options):
         ({"sensor_power_path": True, "sensor_power_path_bands": "8-13"},
          "sensor_power_path_bands='8-13'"),
         ({"encoder_frame_power": True}, "encoder_frame_power=True needs cnn_frame_power=True"),
+        ({"frame_power_with_mean": True},
+         "frame_power_with_mean=True needs cnn_frame_power=True"),
         ({"cnn_frame_power_before_path": True, "sensor_power_path": True},
          "cnn_frame_power_before_path=True needs sensor_power_path=True and cnn_frame_power"),
         ({"cnn_frame_power_before_path": True, "cnn_frame_power": True},

@@ -16,12 +16,15 @@ the masked regression heads, nothing here has to be predicted from context: the 
 function of the frame the convolutions see (minus the masked sensors, so they also learn to
 fill those in from their neighbours). With ``bands``, each sensor's log variance in each band
 (band-limited copies from :func:`.band_power.band_signals`), so that a burst is told from a
-rhythm at a nearby frequency.
+rhythm at a nearby frequency. With ``with_mean``, each sensor's mean over the frame (its
+low-passed waveform) comes first: a slow evoked deflection (an M100-like field) is mostly
+a frame's mean, which its variance removes, so power alone cannot tell its sign or shape.
 """
 
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .band_power import band_signals
 from .masked_regression import MaskedRegressionHead, standardise_frames
@@ -45,26 +48,30 @@ class FramePowerTargets(MaskedRegressionHead):
         sensor.
     sample_rate : float or None
         Sampling rate of the input (Hz); needed with ``bands``.
+    with_mean : bool
+        Also regress each sensor's mean over the frame (unfiltered), before the powers.
     """
 
     def __init__(self, feature_dim: int, in_channels: int, receptive_field: int,
                  stride: int, bands: Sequence[Tuple[float, float]] = (),
-                 sample_rate: Optional[float] = None) -> None:
-        super().__init__(feature_dim, in_channels * max(1, len(bands)))
+                 sample_rate: Optional[float] = None, with_mean: bool = False) -> None:
+        super().__init__(feature_dim, in_channels * (max(1, len(bands)) + int(with_mean)))
         if bands and not sample_rate:
             raise ValueError("frame-power bands need the input's sample rate")
         self.receptive_field = receptive_field
         self.stride = stride
         self.bands = [(float(low), float(high)) for low, high in bands]
         self.sample_rate = sample_rate
+        self.with_mean = with_mean
 
     @torch.no_grad()
     def targets(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """``(B, C, T)`` -> ``(B, frames, C * max(1, n_bands))`` standardised log variance per
-        sensor (sensor-major: sensor 0's bands first), ``frames = (T - receptive_field) //
-        stride + 1`` (the conv encoder's frame count).
+        """``(B, C, T)`` -> ``(B, frames, C * (max(1, n_bands) + with_mean))``: with
+        ``with_mean`` each sensor's frame mean first (``C`` values), then the log variance per
+        sensor (sensor-major: sensor 0's bands first), each standardised over the batch;
+        ``frames = (T - receptive_field) // stride + 1`` (the conv encoder's frame count).
 
         Padded samples are zeroed first (they only reach frames that fairseq marks as padding,
         which the loss skips)."""
@@ -72,7 +79,11 @@ class FramePowerTargets(MaskedRegressionHead):
             x = source.float()
             if padding_mask is not None:
                 x = x * (~padding_mask).unsqueeze(1)
+            means = (F.avg_pool1d(x, self.receptive_field, stride=self.stride)
+                     if self.with_mean else None)
             if self.bands:
                 x = band_signals(x, self.bands, self.sample_rate)
             log_power, _ = frame_log_power(x, self.receptive_field, self.stride)
+            if means is not None:
+                log_power = torch.cat([means, log_power], dim=1)
             return standardise_frames(log_power.transpose(1, 2))

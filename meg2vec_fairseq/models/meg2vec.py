@@ -30,7 +30,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * each frame's per-sensor log power regressed from the convolutional encoder's output, so
   the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`), and the same targets
   from the Transformer's output at the unmasked frames, so its layers keep it too
-  (``encoder_frame_power``);
+  (``encoder_frame_power``); each sensor's frame mean as a target beside its power
+  (``frame_power_with_mean``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -343,6 +344,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "extra loss after the frame-power loss (add its criterion.loss_weights entry)"
         },
     )
+    frame_power_with_mean: bool = field(
+        default=False,
+        metadata={
+            "help": "with cnn_frame_power: the frame-power targets also hold each sensor's "
+            "mean over the frame (its low-passed waveform, standardised the same way), "
+            "before the log powers; both frame-power heads (cnn_frame_power, "
+            "encoder_frame_power) regress it. A slow evoked deflection is mostly a frame's "
+            "mean, which the variance removes. No new loss"
+        },
+    )
     sensor_power_path: bool = field(
         default=False,
         metadata={
@@ -651,6 +662,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 stride=stride,
                 bands=frame_bands,
                 sample_rate=_config_sample_rate(cfg) if frame_bands else None,
+                with_mean=bool(getattr(cfg, "frame_power_with_mean", False)),
             )
         self.encoder_frame_power: Optional[MaskedRegressionHead] = None
         if getattr(cfg, "encoder_frame_power", False):
@@ -1067,6 +1079,8 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
              "cnn_frame_power=True")
     if getattr(cfg, "encoder_frame_power", False) and not cfg.cnn_frame_power:
         fail("encoder_frame_power=True needs cnn_frame_power=True (its targets)")
+    if getattr(cfg, "frame_power_with_mean", False) and not cfg.cnn_frame_power:
+        fail("frame_power_with_mean=True needs cnn_frame_power=True (its targets)")
     if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
         fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
              "sensor_power_path=True")
