@@ -122,6 +122,8 @@ def data_args(args) -> List[str]:
            "--finetune-fractions", *map(str, args.finetune_fractions),
            "--finetune-epochs", str(args.finetune_epochs),
            "--finetune-probe-init" if args.finetune_probe_init else "--no-finetune-probe-init",
+           *(["--event-kinds", ps.format_event_kinds(args.event_kinds)]
+             if args.event_kinds else []),
            "--finetune-pooling", args.finetune_pooling,
            "--device", args.device,
            "--threads", str(args.threads), "--config", args.config]
@@ -252,6 +254,8 @@ def main(argv=None) -> int:
                         "docs/pretraining_research.md)")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--event-snr", type=float, default=ps.SyntheticMEGConfig.event_snr)
+    parser.add_argument("--event-kinds", type=ps.parse_event_kinds, default=None,
+                        help="as benchmarks/probe_synthetic.py's --event-kinds")
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0)
     parser.add_argument("--generator-seed", type=int,
                         default=ps.SyntheticMEGConfig.layout_seed)

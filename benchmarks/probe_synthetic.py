@@ -47,13 +47,14 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from meg2vec_fairseq.constants import SFREQ  # noqa: E402
 from meg2vec_fairseq.fairseq_logs import parse_fairseq_log  # noqa: E402
 from meg2vec_fairseq.features import parse_layer  # noqa: E402
 from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows  # noqa: E402
@@ -69,7 +70,11 @@ from meg2vec_fairseq.probing.sources import (  # noqa: E402
     random_init_spec,
 )
 from meg2vec_fairseq.probing.windows import SPLITS, load_manifest_labels  # noqa: E402
-from meg2vec_fairseq.synthetic import SyntheticMEGConfig, write_synthetic_dataset  # noqa: E402
+from meg2vec_fairseq.synthetic import (  # noqa: E402
+    EVENT_KINDS,
+    SyntheticMEGConfig,
+    write_synthetic_dataset,
+)
 
 TRAIN_KEYS = ("loss", "accuracy", "prob_perplexity", "code_perplexity", "temp", "lr")
 TASKS = ("event", "state")
@@ -80,12 +85,45 @@ PROBE_SEGMENT_SECONDS = 10.0  # probe segments: long enough for full context aro
 PRETRAIN_RECORDINGS = 96
 
 
+def parse_event_kinds(text: str) -> Tuple[Tuple[float, float], ...]:
+    """``"0.3:0,0.2:0,0.4:12"`` -> ``((0.3, 0.0), (0.2, 0.0), (0.4, 12.0))`` (argparse type).
+
+    Each kind is ``DURATION:CARRIER``: its length in seconds (at most 1 s, the longest event
+    window the benchmark labels well) and its carrier in Hz, 0 for an evoked-like deflection
+    (monophasic at even positions of the list, biphasic at odd ones), else below Nyquist.
+    At least two kinds (the event task classifies them)."""
+    kinds = []
+    for part in text.split(","):
+        try:
+            duration, carrier = (float(value) for value in part.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"event kind {part!r} of {text!r} is not DURATION:CARRIER") from None
+        if not 0 < duration <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"event kind {part!r}: duration must be in (0, 1] s")
+        if not (carrier == 0 or 0 < carrier < SFREQ / 2):
+            raise argparse.ArgumentTypeError(
+                f"event kind {part!r}: carrier must be 0 or in (0, {SFREQ / 2:g}) Hz (Nyquist)")
+        kinds.append((duration, carrier))
+    if len(kinds) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least two event kinds are needed")
+    return tuple(kinds)
+
+
+def format_event_kinds(kinds: Sequence[Tuple[float, float]]) -> str:
+    """The inverse of :func:`parse_event_kinds`."""
+    return ",".join(f"{duration:g}:{carrier:g}" for duration, carrier in kinds)
+
+
 def generator_config(args) -> SyntheticMEGConfig:
     """The generator settings of a run (states on: the ``state`` task needs them)."""
+    kinds = tuple(getattr(args, "event_kinds", None) or EVENT_KINDS)
     return SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,
                               layout_seed=args.generator_seed, states=True,
                               state_alpha_suppression=args.state_alpha_suppression,
-                              state_response=args.state_response)
+                              state_response=args.state_response,
+                              event_kinds=kinds, n_event_kinds=len(kinds))
 
 
 def data_key(args) -> Dict[str, object]:
@@ -508,6 +546,10 @@ def main(argv=None) -> int:
                         "docs/pretraining_research.md)")
     parser.add_argument("--seconds", type=float, default=40.0, help="per recording")
     parser.add_argument("--event-snr", type=float, default=SyntheticMEGConfig.event_snr)
+    parser.add_argument("--event-kinds", type=parse_event_kinds, default=None,
+                        help="event task: the kinds, DURATION:CARRIER in s and Hz (0: evoked-"
+                        "like), comma-separated; default the generator's "
+                        f"{format_event_kinds(EVENT_KINDS)}")
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0,
                         help="line width (Hz) of the synthetic alpha/beta rhythms (default 2; "
                         "0: the generator's pure sinusoids, whose phase alone identifies a "

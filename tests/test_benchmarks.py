@@ -1,7 +1,9 @@
 """The benchmark scripts run as their docs say (a subprocess, tiny sizes, CPU)."""
 
 import argparse
+import csv
 import json
+import os
 import sys
 
 import numpy as np
@@ -223,3 +225,48 @@ def test_frame_power_axes_standardise_project_and_remove_the_baseline():
     np.testing.assert_allclose(values[0, -10:, 0].mean(), 5.0, atol=0.3)
     np.testing.assert_allclose(values[0, :10, 0].mean(), 0.0, atol=0.3)
     np.testing.assert_allclose(values[0, -10:, 3].mean(), np.log(16.0), atol=0.3)  # power
+
+
+def test_event_kinds_option_sets_the_generator_and_the_data_key(tmp_path):
+    """``--event-kinds``: parsed into (duration, carrier) pairs with a one-line error naming a
+    bad kind; the default keeps the data directories of earlier rounds (same key); other
+    kinds change the key, the generator's kinds and the labels' classes; ablation.py forwards
+    the option to probe_synthetic."""
+    import argparse
+
+    sys.path.insert(0, "benchmarks")
+    import probe_synthetic
+
+    from meg2vec_fairseq.synthetic import EVENT_KINDS
+
+    kinds = probe_synthetic.parse_event_kinds("0.25:0,0.35:0,0.5:6,0.35:18,0.25:40")
+    assert kinds == ((0.25, 0.0), (0.35, 0.0), (0.5, 6.0), (0.35, 18.0), (0.25, 40.0))
+    assert probe_synthetic.format_event_kinds(kinds) == "0.25:0,0.35:0,0.5:6,0.35:18,0.25:40"
+    for bad, message in (("0.3:0", "at least two"), ("0.3:0,0.2", "'0.2'.*DURATION:CARRIER"),
+                         ("0.3:0,2:0", "'2:0'.*duration"), ("0.3:0,0.2:130", "Nyquist")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            probe_synthetic.parse_event_kinds(bad)
+    args = argparse.Namespace(
+        data_dir=str(tmp_path / "data"), pretrain_recordings=3, probe_recordings=5,
+        seconds=12.0, event_snr=2.0, rhythm_bandwidth=2.0, generator_seed=1234,
+        state_alpha_suppression=0.15, state_response=0.05, window=0.5, state_window=1.0,
+        context=1.0)
+    default_key = probe_synthetic.data_key(args)
+    assert probe_synthetic.data_key(argparse.Namespace(**vars(args), event_kinds=EVENT_KINDS)
+                                    ) == default_key
+    five = argparse.Namespace(**vars(args), event_kinds=kinds)
+    assert probe_synthetic.data_key(five) != default_key
+    config = probe_synthetic.generator_config(five)
+    assert config.event_kinds == kinds and config.n_event_kinds == 5
+    data = probe_synthetic.prepare_data(five)["dir"]
+    with open(os.path.join(data, "probe", "labels_event.tsv")) as f:
+        classes = {row["label"] for row in csv.DictReader(f, delimiter="\t")}
+    assert classes <= {f"kind{k}" for k in range(5)} and "kind4" in classes
+    dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
+                       str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
+                       "--event-kinds", "0.3:0,0.2:25"], timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "--event-kinds 0.3:0,0.2:25" in dry.stdout
+    bad = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--event-kinds",
+                       "0.3:0"], timeout=120)
+    assert bad.returncode == 2 and "at least two event kinds" in bad.stderr
