@@ -346,13 +346,11 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
                                 seeded=True))
     if args.frame_views:
         specs += frame_views(args.frame_config, args.pca, axes, args.dim, args.power_bands)
-    if args.power_pca:
-        specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
-                                 args.frame_config, args.power_pca, args.power_baseline)
-        if args.power_pca_mean:
+    for with_mean in ([False, True] if args.power_pca_mean else [False]):
+        if args.power_pca:
             specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
                                      args.frame_config, args.power_pca, args.power_baseline,
-                                     with_mean=True)
+                                     with_mean=with_mean)
     return specs
 
 
