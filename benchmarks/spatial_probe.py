@@ -226,10 +226,11 @@ class FramePowerAxes(FrameSummary):
 
 def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence[int],
                     baseline: bool, with_mean: bool = False) -> List[SourceSpec]:
-    """The ``--power-pca`` rows: frame log power (and with ``with_mean`` the frame means) on
-    the top ``k`` axes of its own covariance over the first ``max_files`` pre-training
-    segments (per-segment baseline removed first for the ``baseline`` rows, so that their
-    axes are those of the changes)."""
+    """The ``--power-pca`` rows: frame log power on the top ``k`` axes of its own covariance
+    over the first ``max_files`` pre-training segments, and with ``with_mean`` the same for
+    frame means and log powers together (per-segment baseline removed first for the
+    ``baseline`` rows, so that their axes are those of the changes). The segments are read
+    once."""
     from meg2vec_fairseq.configs import load_pretraining_config
     from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
@@ -237,25 +238,29 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
     files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))
     if not files:
         raise SystemExit(f"error: no .npy segments under {pretrain_dir}")
-    identity = np.zeros(1), np.ones(1), np.eye(1)
-    cutter = FramePowerAxes("values", *geometry, *identity, with_mean=with_mean)
-    segments = [cutter.summaries(np.load(path).astype(np.float64)[None])[0][0]
-                for path in files[:max_files]]  # (T', C or 2 C) each
-    values = np.concatenate(segments)
-    mean, scale = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-8)
-    what = "frame mean + log power" if with_mean else "frame log power"
+    cutter = FramePowerAxes("values", *geometry, np.zeros(1), np.ones(1), np.eye(1),
+                            with_mean=True)
+    summaries = [cutter.summaries(np.load(path).astype(np.float64)[None])[0][0]
+                 for path in files[:max_files]]  # (T', 2 C) each: means, then log powers
+    n_channels = summaries[0].shape[1] // 2
     specs = []
-    for corrected in ([False, True] if baseline else [False]):
-        standard = [(segment - mean) / scale for segment in segments]
-        if corrected:
-            standard = [segment - segment.mean(axis=0) for segment in standard]
-        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(np.concatenate(standard).T))
-        order = np.argsort(eigenvalues)[::-1]
-        for k in ks:
-            name = f"{what}{' change' if corrected else ''}, top {k} axes of its own"
-            view = FramePowerAxes(name, *geometry, mean, scale, eigenvectors[:, order[:k]],
-                                  baseline=corrected, with_mean=with_mean)
-            specs.append(SourceSpec(name, lambda seed, view=view: view))
+    for means in ([False, True] if with_mean else [False]):
+        segments = [s if means else s[:, n_channels:] for s in summaries]
+        values = np.concatenate(segments)
+        mean, scale = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-8)
+        what = "frame mean + log power" if means else "frame log power"
+        for corrected in ([False, True] if baseline else [False]):
+            standard = [(segment - mean) / scale for segment in segments]
+            if corrected:
+                standard = [segment - segment.mean(axis=0) for segment in standard]
+            eigenvalues, eigenvectors = np.linalg.eigh(np.cov(np.concatenate(standard).T))
+            order = np.argsort(eigenvalues)[::-1]
+            for k in ks:
+                name = f"{what}{' change' if corrected else ''}, top {k} axes of its own"
+                view = FramePowerAxes(name, *geometry, mean, scale,
+                                      eigenvectors[:, order[:k]], baseline=corrected,
+                                      with_mean=means)
+                specs.append(SourceSpec(name, lambda seed, view=view: view))
     return specs
 
 
@@ -346,11 +351,10 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
                                 seeded=True))
     if args.frame_views:
         specs += frame_views(args.frame_config, args.pca, axes, args.dim, args.power_bands)
-    for with_mean in ([False, True] if args.power_pca_mean else [False]):
-        if args.power_pca:
-            specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
-                                     args.frame_config, args.power_pca, args.power_baseline,
-                                     with_mean=with_mean)
+    if args.power_pca:
+        specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
+                                 args.frame_config, args.power_pca, args.power_baseline,
+                                 with_mean=args.power_pca_mean)
     return specs
 
 
