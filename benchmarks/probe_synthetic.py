@@ -88,9 +88,10 @@ PRETRAIN_RECORDINGS = 96
 def parse_event_kinds(text: str) -> Tuple[Tuple[float, float], ...]:
     """``"0.3:0,0.2:0,0.4:12"`` -> ``((0.3, 0.0), (0.2, 0.0), (0.4, 12.0))`` (argparse type).
 
-    Each kind is ``DURATION:CARRIER``: its length in seconds (at most 1 s, so that an event stays
-    a transient beside the seconds-long state blocks) and its carrier in Hz, 0 for an evoked-like deflection
-    (monophasic at even positions of the list, biphasic at odd ones), else below Nyquist.
+    Each kind is ``DURATION:CARRIER``: its length in seconds (at most 1 s, so that an event
+    stays a transient beside the seconds-long state blocks) and its carrier in Hz, 0 for an
+    evoked-like deflection (monophasic at even positions of the list, biphasic at odd ones),
+    else below Nyquist.
     At least two kinds (the event task classifies them)."""
     kinds = []
     for part in text.split(","):
