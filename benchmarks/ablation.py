@@ -116,6 +116,7 @@ def data_args(args) -> List[str]:
            "--probe-recordings", str(args.probe_recordings), "--seconds", str(args.seconds),
            "--event-snr", str(args.event_snr), "--rhythm-bandwidth", str(args.rhythm_bandwidth),
            "--generator-seed", str(args.generator_seed),
+           "--n-sensors", str(args.n_sensors), "--sfreq", str(args.sfreq),
            "--state-alpha-suppression", str(args.state_alpha_suppression),
            "--state-response", str(args.state_response), "--tasks", *args.tasks,
            "--layers", *args.layers, "--seeds", *map(str, args.seeds),
@@ -257,6 +258,10 @@ def main(argv=None) -> int:
     parser.add_argument("--event-kinds", type=ps.parse_event_kinds, default=None,
                         help="as benchmarks/probe_synthetic.py's --event-kinds")
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0)
+    parser.add_argument("--n-sensors", type=int, default=ps.N_SENSORS,
+                        help="as benchmarks/probe_synthetic.py's --n-sensors")
+    parser.add_argument("--sfreq", type=int, default=int(ps.SFREQ),
+                        help="as benchmarks/probe_synthetic.py's --sfreq")
     parser.add_argument("--generator-seed", type=int,
                         default=ps.SyntheticMEGConfig.layout_seed)
     parser.add_argument("--state-alpha-suppression", type=float,
@@ -287,6 +292,9 @@ def main(argv=None) -> int:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.max_update < 1:
         parser.error(f"--max-update must be >= 1, got {args.max_update}")
+    problem = ps.generator_problem(args)
+    if problem:
+        parser.error(problem)
     variants = load_variants(args.variants, args.only, args.config)
     out = os.path.abspath(args.out)
     args.data_dir = os.path.abspath(args.data_dir or os.path.join(out, "data"))
@@ -310,7 +318,8 @@ def main(argv=None) -> int:
             command = ps.pretrain_command(pretrain_dir, os.path.join(seed_dir, "checkpoints"),
                                           args.config, args.budget_minutes or 1e6,
                                           args.max_update, seed,
-                                          [*args.common_overrides, *overrides], device)
+                                          [*ps.data_overrides(args), *args.common_overrides,
+                                           *overrides], device)
             pretrain_jobs.append({"name": f"pretrain {name} seed {seed}", "command": command,
                                   "log": os.path.join(seed_dir, "pretrain.log")})
             eval_jobs.append({

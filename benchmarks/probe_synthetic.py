@@ -54,7 +54,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from meg2vec_fairseq.constants import SFREQ  # noqa: E402
+from meg2vec_fairseq.constants import N_SENSORS, SFREQ  # noqa: E402
 from meg2vec_fairseq.fairseq_logs import parse_fairseq_log  # noqa: E402
 from meg2vec_fairseq.features import parse_layer  # noqa: E402
 from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows  # noqa: E402
@@ -72,6 +72,7 @@ from meg2vec_fairseq.probing.sources import (  # noqa: E402
 from meg2vec_fairseq.probing.windows import SPLITS, load_manifest_labels  # noqa: E402
 from meg2vec_fairseq.synthetic import (  # noqa: E402
     EVENT_KINDS,
+    RHYTHM_FREQUENCIES,
     SyntheticMEGConfig,
     write_synthetic_dataset,
 )
@@ -91,7 +92,7 @@ def parse_event_kinds(text: str) -> Tuple[Tuple[float, float], ...]:
     Each kind is ``DURATION:CARRIER``: its length in seconds (at most 1 s, so that an event
     stays a transient beside the seconds-long state blocks) and its carrier in Hz, 0 for an
     evoked-like deflection (monophasic at even positions of the list, biphasic at odd ones),
-    else below Nyquist.
+    else positive (below the Nyquist frequency of ``--sfreq``: :func:`generator_problem`).
     At least two kinds (the event task classifies them)."""
     kinds = []
     for part in text.split(","):
@@ -103,9 +104,9 @@ def parse_event_kinds(text: str) -> Tuple[Tuple[float, float], ...]:
         if not 0 < duration <= 1.0:
             raise argparse.ArgumentTypeError(
                 f"event kind {part!r}: duration must be in (0, 1] s")
-        if not (carrier == 0 or 0 < carrier < SFREQ / 2):
+        if not carrier >= 0:
             raise argparse.ArgumentTypeError(
-                f"event kind {part!r}: carrier must be 0 or in (0, {SFREQ / 2:g}) Hz (Nyquist)")
+                f"event kind {part!r}: carrier must be 0 (evoked-like) or a frequency in Hz")
         kinds.append((duration, carrier))
     if len(kinds) < 2:
         raise argparse.ArgumentTypeError(f"{text!r}: at least two event kinds are needed")
@@ -117,10 +118,46 @@ def format_event_kinds(kinds: Sequence[Tuple[float, float]]) -> str:
     return ",".join(f"{duration:g}:{carrier:g}" for duration, carrier in kinds)
 
 
+def generator_problem(args) -> Optional[str]:
+    """Why the generator options of ``args`` cannot make data (None: they can).
+
+    ``--n-sensors`` must be at least 2 (a topography needs more than one sensor) and
+    ``--sfreq`` must put the Nyquist frequency above every frequency the generator draws: its
+    beta rhythm (20 Hz) and the event kinds' carriers."""
+    n_sensors = getattr(args, "n_sensors", N_SENSORS)
+    sfreq = getattr(args, "sfreq", SFREQ)
+    if n_sensors < 2:
+        return f"--n-sensors must be at least 2, got {n_sensors}"
+    kinds = getattr(args, "event_kinds", None) or EVENT_KINDS
+    highest = max([*RHYTHM_FREQUENCIES, *(carrier for _, carrier in kinds)])
+    if not sfreq > 2 * highest:
+        return (f"--sfreq {sfreq:g}: its Nyquist frequency ({sfreq / 2:g} Hz) must be above "
+                f"the generator's highest frequency, {highest:g} Hz (the beta rhythm or an "
+                "--event-kinds carrier)")
+    return None
+
+
+def task_dataset(data: Dict[str, object], task: str, args):
+    """The labelled windows of ``task`` in the probe data of :func:`prepare_data` (at the
+    data's own sampling rate, ``--sfreq``)."""
+    return load_manifest_labels(
+        os.path.join(data["probe"], "train.tsv"),
+        os.path.join(data["probe"], f"labels_{task}.tsv"),
+        sample_rate=getattr(args, "sfreq", SFREQ), context=args.context)
+
+
+def data_overrides(args) -> List[str]:
+    """The pre-training overrides that tell the task the data's sensor count and rate."""
+    return [f"task.in_channels={getattr(args, 'n_sensors', N_SENSORS)}",
+            f"task.sample_rate={getattr(args, 'sfreq', SFREQ):g}"]
+
+
 def generator_config(args) -> SyntheticMEGConfig:
     """The generator settings of a run (states on: the ``state`` task needs them)."""
     kinds = tuple(getattr(args, "event_kinds", None) or EVENT_KINDS)
-    return SyntheticMEGConfig(event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,
+    return SyntheticMEGConfig(n_channels=getattr(args, "n_sensors", N_SENSORS),
+                              sfreq=float(getattr(args, "sfreq", SFREQ)),
+                              event_snr=args.event_snr, rhythm_bandwidth=args.rhythm_bandwidth,
                               layout_seed=args.generator_seed, states=True,
                               state_alpha_suppression=args.state_alpha_suppression,
                               state_response=args.state_response,
@@ -551,6 +588,12 @@ def main(argv=None) -> int:
                         help="event task: the kinds, DURATION:CARRIER in s and Hz (0: evoked-"
                         "like), comma-separated; default the generator's "
                         f"{format_event_kinds(EVENT_KINDS)}")
+    parser.add_argument("--n-sensors", type=int, default=N_SENSORS,
+                        help="sensors of the synthetic data (default %(default)s, Neuromag); "
+                        "pre-training gets task.in_channels to match")
+    parser.add_argument("--sfreq", type=int, default=int(SFREQ),
+                        help="sampling rate (Hz) of the synthetic data (default %(default)s, "
+                        "LibriBrain's); pre-training gets task.sample_rate to match")
     parser.add_argument("--rhythm-bandwidth", type=float, default=2.0,
                         help="line width (Hz) of the synthetic alpha/beta rhythms (default 2; "
                         "0: the generator's pure sinusoids, whose phase alone identifies a "
@@ -612,6 +655,9 @@ def main(argv=None) -> int:
             parser.error(f"--finetune-fractions: {fraction} is not in (0, 1]")
     if args.finetune_epochs <= 0:
         parser.error(f"--finetune-epochs must be positive, got {args.finetune_epochs}")
+    problem = generator_problem(args)
+    if problem:
+        parser.error(problem)
     logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -646,7 +692,7 @@ def main(argv=None) -> int:
                       f"{args.budget_minutes} min / {args.max_update} updates ...", flush=True)
                 command = pretrain_command(data["pretrain"], save_dir, args.config,
                                            args.budget_minutes, args.max_update, seed,
-                                           args.overrides, device)
+                                           [*data_overrides(args), *args.overrides], device)
                 training = pretrain(command, log_path, args.threads)
             summary = training_summary(training)
             pretraining[str(seed)] = summary
@@ -662,10 +708,7 @@ def main(argv=None) -> int:
 
     tasks: Dict[str, object] = {}
     for task in args.tasks:
-        dataset = load_manifest_labels(
-            os.path.join(data["probe"], "train.tsv"),
-            os.path.join(data["probe"], f"labels_{task}.tsv"),
-            sample_rate=SyntheticMEGConfig.sfreq, context=args.context)
+        dataset = task_dataset(data, task, args)
         windows = read_windows(dataset) if args.finetune_fractions else None
         rows: Dict[str, List[Dict[str, object]]] = {}
         if args.evaluate in ("all", "checkpoint"):

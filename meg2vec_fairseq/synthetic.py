@@ -30,6 +30,9 @@ from .constants import N_SENSORS, SFREQ
 from .io.atomic import atomic_save_npy
 from .io.manifest import write_manifest
 
+#: Frequencies (Hz) of the alpha and beta rhythms.
+RHYTHM_FREQUENCIES: Tuple[float, float] = (10.0, 20.0)
+
 #: Event kinds: (duration in s, carrier frequency in Hz or 0 for an evoked-like waveform).
 EVENT_KINDS: Tuple[Tuple[float, float], ...] = (
     (0.30, 0.0),  # slow evoked deflection (M100/M200-like)
@@ -246,14 +249,15 @@ def generate_recording(
     if config.states:
         on, response, broadband = _state_signals(n_samples, seed, config)
 
-    for pattern, freq in zip(rhythm_patterns, (10.0, 20.0)):
+    for pattern, freq in zip(rhythm_patterns, RHYTHM_FREQUENCIES):
         amplitude = 1.0 + 0.8 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 6))
         phase = rng.uniform(0, 2 * np.pi)
         if config.rhythm_bandwidth > 0:  # phase diffusion: Lorentzian line of this width
             step = np.sqrt(2 * np.pi * config.rhythm_bandwidth / config.sfreq)
             phase = phase + np.cumsum(step * rng.normal(size=n_samples))
         rhythm = config.rhythm_amplitude * amplitude * np.sin(2 * np.pi * freq * t + phase)
-        if config.states and freq == 10.0:  # alpha desynchronisation while listening
+        # alpha desynchronisation while listening
+        if config.states and freq == RHYTHM_FREQUENCIES[0]:
             rhythm = rhythm * (1.0 - config.state_alpha_suppression * on)
         data += np.outer(pattern, rhythm) * np.sqrt(config.n_channels) / 4
 

@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -243,7 +244,7 @@ def test_event_kinds_option_sets_the_generator_and_the_data_key(tmp_path):
     assert kinds == ((0.25, 0.0), (0.35, 0.0), (0.5, 6.0), (0.35, 18.0), (0.25, 40.0))
     assert probe_synthetic.format_event_kinds(kinds) == "0.25:0,0.35:0,0.5:6,0.35:18,0.25:40"
     for bad, message in (("0.3:0", "at least two"), ("0.3:0,0.2", "'0.2'.*DURATION:CARRIER"),
-                         ("0.3:0,2:0", "'2:0'.*duration"), ("0.3:0,0.2:130", "Nyquist")):
+                         ("0.3:0,2:0", "'2:0'.*duration"), ("0.3:0,0.2:-5", "carrier must be 0")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             probe_synthetic.parse_event_kinds(bad)
     args = argparse.Namespace(
@@ -270,3 +271,52 @@ def test_event_kinds_option_sets_the_generator_and_the_data_key(tmp_path):
     bad = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--event-kinds",
                        "0.3:0"], timeout=120)
     assert bad.returncode == 2 and "at least two event kinds" in bad.stderr
+
+
+def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tmp_path):
+    """``--n-sensors`` / ``--sfreq``: the generated segments have that many sensors and
+    samples per second, the probe windows are cut at that rate, pre-training is told both
+    (``task.in_channels`` / ``task.sample_rate``), the defaults keep earlier data keys, and a
+    rate whose Nyquist frequency is not above every generator frequency is a one-line error."""
+    sys.path.insert(0, "benchmarks")
+    import probe_synthetic
+
+    args = argparse.Namespace(
+        data_dir=str(tmp_path / "data"), pretrain_recordings=3, probe_recordings=5,
+        seconds=12.0, event_snr=2.0, rhythm_bandwidth=2.0, generator_seed=1234,
+        state_alpha_suppression=0.15, state_response=0.05, window=0.5, state_window=1.0,
+        context=1.0, event_kinds=None)
+    default_key = probe_synthetic.data_key(args)
+    assert probe_synthetic.data_key(argparse.Namespace(**vars(args), n_sensors=306, sfreq=250)
+                                    ) == default_key
+    assert probe_synthetic.generator_problem(args) is None
+    small = argparse.Namespace(**vars(args), n_sensors=8, sfreq=100)
+    assert probe_synthetic.data_key(small) != default_key
+    assert probe_synthetic.data_overrides(small) == ["task.in_channels=8",
+                                                     "task.sample_rate=100"]
+    data = probe_synthetic.prepare_data(small)
+    with open(os.path.join(data["pretrain"], "train.tsv")) as f:
+        root, first = f.readline().strip(), f.readline().split("\t")
+    segment = np.load(os.path.join(root, first[0]))
+    assert segment.shape[0] == 8 and int(first[1]) == segment.shape[1]
+    assert segment.shape[1] % 100 == 0 and segment.shape[1] != 0  # whole seconds at 100 Hz
+    event = probe_synthetic.task_dataset(data, "event", small)
+    window = event.split_windows("train")[0]
+    assert window.pool[1] - window.pool[0] == 50  # the 0.5-s event span at 100 Hz
+    for bad, message in (
+        (dict(n_sensors=1, sfreq=250), "--n-sensors must be at least 2"),
+        (dict(n_sensors=8, sfreq=40), "--sfreq 40: its Nyquist frequency \\(20 Hz\\)"),
+    ):
+        problem = probe_synthetic.generator_problem(argparse.Namespace(**vars(args), **bad))
+        assert problem is not None and re.search(message, problem), problem
+    carrier = argparse.Namespace(**{**vars(args), "event_kinds": ((0.3, 0.0), (0.2, 130.0))})
+    assert "130 Hz" in probe_synthetic.generator_problem(carrier)
+    dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
+                       str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
+                       "--n-sensors", "64", "--sfreq", "200"], timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "task.in_channels=64 task.sample_rate=200" in dry.stdout
+    assert "--n-sensors 64 --sfreq 200" in dry.stdout
+    bad = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--sfreq", "30"],
+                      timeout=120)
+    assert bad.returncode == 2 and "Nyquist frequency (15 Hz)" in bad.stderr
