@@ -41,6 +41,7 @@ Random views are redrawn per probe seed. Prints a table; ``--json`` writes the r
 
 import argparse
 import glob
+import json
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -316,12 +317,20 @@ def add_data_arguments(parser: argparse.ArgumentParser, task: str) -> None:
 
 def load_task(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """The labelled windows of ``args.task`` in ``args.data``; a usage error naming the
-    missing file when the directory has no probe data."""
+    missing file when the directory has no probe data, or the rate when its ``data.json``
+    says it was generated at another rate than the 250 Hz these views assume."""
     labels = os.path.join(args.data, "probe", f"labels_{args.task}.tsv")
     for path in (os.path.join(args.data, "probe", "train.tsv"), labels):
         if not os.path.isfile(path):
             parser.error(f"--data {args.data}: {path} does not exist (run "
                          "benchmarks/probe_synthetic.py first)")
+    info = os.path.join(args.data, "data.json")
+    if os.path.isfile(info):
+        with open(info) as f:
+            rate = json.load(f).get("key", {}).get("generator", {}).get("sfreq", SFREQ)
+        if rate != SFREQ:
+            parser.error(f"--data {args.data}: generated at {rate:g} Hz (probe_synthetic.py "
+                         f"--sfreq); these fixed views and bands assume {SFREQ:g} Hz")
     return load_manifest_labels(os.path.join(args.data, "probe", "train.tsv"), labels,
                                 sample_rate=SFREQ, context=args.context)
 

@@ -320,3 +320,7 @@ def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tm
     bad = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--sfreq", "30"],
                       timeout=120)
     assert bad.returncode == 2 and "Nyquist frequency (15 Hz)" in bad.stderr
+    # the fixed views of spatial_probe.py assume 250 Hz: they refuse the 100-Hz data
+    refused = run_command([sys.executable, "benchmarks/spatial_probe.py", "--data", data["dir"],
+                           "--task", "event", "--config", ""], timeout=120)
+    assert refused.returncode == 2 and "generated at 100 Hz" in refused.stderr
