@@ -292,7 +292,7 @@ def main(argv=None) -> int:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.max_update < 1:
         parser.error(f"--max-update must be >= 1, got {args.max_update}")
-    problem = ps.generator_problem(args)
+    problem = ps.data_problem(args)
     if problem:
         parser.error(problem)
     variants = load_variants(args.variants, args.only, args.config)

@@ -92,7 +92,7 @@ def parse_event_kinds(text: str) -> Tuple[Tuple[float, float], ...]:
     Each kind is ``DURATION:CARRIER``: its length in seconds (at most 1 s, so that an event
     stays a transient beside the seconds-long state blocks) and its carrier in Hz, 0 for an
     evoked-like deflection (monophasic at even positions of the list, biphasic at odd ones),
-    else positive (below the Nyquist frequency of ``--sfreq``: :func:`generator_problem`).
+    else positive (below the Nyquist frequency of ``--sfreq``: :func:`data_problem`).
     At least two kinds (the event task classifies them)."""
     kinds = []
     for part in text.split(","):
@@ -118,12 +118,20 @@ def format_event_kinds(kinds: Sequence[Tuple[float, float]]) -> str:
     return ",".join(f"{duration:g}:{carrier:g}" for duration, carrier in kinds)
 
 
-def generator_problem(args) -> Optional[str]:
-    """Why the generator options of ``args`` cannot make data (None: they can).
+def data_problem(args) -> Optional[str]:
+    """Why the data options of ``args`` cannot make data (None: they can).
 
-    ``--n-sensors`` must be at least 2 (a topography needs more than one sensor) and
-    ``--sfreq`` must put the Nyquist frequency above every frequency the generator draws: its
-    beta rhythm (20 Hz) and the event kinds' carriers."""
+    ``--pretrain-recordings`` must leave at least one training recording beside the 2
+    validation ones, ``--probe-recordings`` at least one per split (60/20/20); ``--n-sensors``
+    must be at least 2 (a topography needs more than one sensor) and ``--sfreq`` must put the
+    Nyquist frequency above every frequency the generator draws: its beta rhythm (20 Hz) and
+    the event kinds' carriers."""
+    if args.pretrain_recordings < 3:
+        return (f"--pretrain-recordings must be at least 3 (2 are validation recordings), "
+                f"got {args.pretrain_recordings}")
+    if args.probe_recordings < 5:
+        return (f"--probe-recordings must be at least 5 (train, valid and test recordings), "
+                f"got {args.probe_recordings}")
     n_sensors = getattr(args, "n_sensors", N_SENSORS)
     sfreq = getattr(args, "sfreq", SFREQ)
     if n_sensors < 2:
@@ -655,7 +663,7 @@ def main(argv=None) -> int:
             parser.error(f"--finetune-fractions: {fraction} is not in (0, 1]")
     if args.finetune_epochs <= 0:
         parser.error(f"--finetune-epochs must be positive, got {args.finetune_epochs}")
-    problem = generator_problem(args)
+    problem = data_problem(args)
     if problem:
         parser.error(problem)
     logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root at DEBUG

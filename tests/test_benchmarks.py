@@ -289,7 +289,7 @@ def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tm
     default_key = probe_synthetic.data_key(args)
     assert probe_synthetic.data_key(argparse.Namespace(**vars(args), n_sensors=306, sfreq=250)
                                     ) == default_key
-    assert probe_synthetic.generator_problem(args) is None
+    assert probe_synthetic.data_problem(args) is None
     small = argparse.Namespace(**vars(args), n_sensors=8, sfreq=100)
     assert probe_synthetic.data_key(small) != default_key
     assert probe_synthetic.data_overrides(small) == ["task.in_channels=8",
@@ -306,11 +306,13 @@ def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tm
     for bad, message in (
         (dict(n_sensors=1, sfreq=250), "--n-sensors must be at least 2"),
         (dict(n_sensors=8, sfreq=40), "--sfreq 40: its Nyquist frequency \\(20 Hz\\)"),
+        (dict(pretrain_recordings=2), "--pretrain-recordings must be at least 3"),
+        (dict(probe_recordings=4), "--probe-recordings must be at least 5"),
     ):
-        problem = probe_synthetic.generator_problem(argparse.Namespace(**vars(args), **bad))
+        problem = probe_synthetic.data_problem(argparse.Namespace(**{**vars(args), **bad}))
         assert problem is not None and re.search(message, problem), problem
     carrier = argparse.Namespace(**{**vars(args), "event_kinds": ((0.3, 0.0), (0.2, 130.0))})
-    assert "130 Hz" in probe_synthetic.generator_problem(carrier)
+    assert "130 Hz" in probe_synthetic.data_problem(carrier)
     dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
                        str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
                        "--n-sensors", "64", "--sfreq", "200"], timeout=120)
