@@ -244,6 +244,16 @@ def write_labels(dest: str, n_recordings: int, window: float, state_window: floa
     return counts
 
 
+def data_sample_rate(data_dir: str) -> float:
+    """Sampling rate (Hz) of a :func:`prepare_data` directory, from its ``data.json``; the
+    generator's default where the file is absent (directories made by hand)."""
+    info = os.path.join(data_dir, "data.json")
+    if not os.path.isfile(info):
+        return SFREQ
+    with open(info) as f:
+        return float(json.load(f)["key"]["generator"].get("sfreq", SFREQ))
+
+
 def prepare_data(args) -> Dict[str, object]:
     """Generate (or reuse) the pre-training and probe data of these settings.
 

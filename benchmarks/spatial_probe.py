@@ -41,7 +41,6 @@ Random views are redrawn per probe seed. Prints a table; ``--json`` writes the r
 
 import argparse
 import glob
-import json
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -50,6 +49,9 @@ import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+
+from probe_synthetic import data_sample_rate  # noqa: E402
 
 from meg2vec_fairseq.constants import SFREQ  # noqa: E402
 from meg2vec_fairseq.probing.report import write_json  # noqa: E402
@@ -324,13 +326,10 @@ def load_task(parser: argparse.ArgumentParser, args: argparse.Namespace):
         if not os.path.isfile(path):
             parser.error(f"--data {args.data}: {path} does not exist (run "
                          "benchmarks/probe_synthetic.py first)")
-    info = os.path.join(args.data, "data.json")
-    if os.path.isfile(info):
-        with open(info) as f:
-            rate = json.load(f).get("key", {}).get("generator", {}).get("sfreq", SFREQ)
-        if rate != SFREQ:
-            parser.error(f"--data {args.data}: generated at {rate:g} Hz (probe_synthetic.py "
-                         f"--sfreq); these fixed views and bands assume {SFREQ:g} Hz")
+    rate = data_sample_rate(args.data)
+    if rate != SFREQ:
+        parser.error(f"--data {args.data}: generated at {rate:g} Hz (probe_synthetic.py "
+                     f"--sfreq); these fixed views and bands assume {SFREQ:g} Hz")
     return load_manifest_labels(os.path.join(args.data, "probe", "train.tsv"), labels,
                                 sample_rate=SFREQ, context=args.context)
 
