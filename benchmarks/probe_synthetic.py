@@ -132,12 +132,11 @@ def data_problem(args) -> Optional[str]:
     if args.probe_recordings < 5:
         return (f"--probe-recordings must be at least 5 (train, valid and test recordings), "
                 f"got {args.probe_recordings}")
-    n_sensors = getattr(args, "n_sensors", N_SENSORS)
-    sfreq = getattr(args, "sfreq", SFREQ)
-    if n_sensors < 2:
-        return f"--n-sensors must be at least 2, got {n_sensors}"
-    kinds = getattr(args, "event_kinds", None) or EVENT_KINDS
-    highest = max([*RHYTHM_FREQUENCIES, *(carrier for _, carrier in kinds)])
+    config = generator_config(args)
+    if config.n_channels < 2:
+        return f"--n-sensors must be at least 2, got {config.n_channels}"
+    highest = max([*RHYTHM_FREQUENCIES, *(carrier for _, carrier in config.event_kinds)])
+    sfreq = config.sfreq
     if not sfreq > 2 * highest:
         return (f"--sfreq {sfreq:g}: its Nyquist frequency ({sfreq / 2:g} Hz) must be above "
                 f"the generator's highest frequency, {highest:g} Hz (the beta rhythm or an "
@@ -145,19 +144,19 @@ def data_problem(args) -> Optional[str]:
     return None
 
 
-def task_dataset(data: Dict[str, object], task: str, args):
-    """The labelled windows of ``task`` in the probe data of :func:`prepare_data` (at the
-    data's own sampling rate, ``--sfreq``)."""
+def task_dataset(data: Dict[str, object], task: str, context: float):
+    """The labelled windows of ``task`` in the probe data of :func:`prepare_data`, at the
+    sampling rate the data were generated at (its key), with ``context`` s each side."""
     return load_manifest_labels(
         os.path.join(data["probe"], "train.tsv"),
         os.path.join(data["probe"], f"labels_{task}.tsv"),
-        sample_rate=getattr(args, "sfreq", SFREQ), context=args.context)
+        sample_rate=data["key"]["generator"]["sfreq"], context=context)
 
 
 def data_overrides(args) -> List[str]:
     """The pre-training overrides that tell the task the data's sensor count and rate."""
-    return [f"task.in_channels={getattr(args, 'n_sensors', N_SENSORS)}",
-            f"task.sample_rate={getattr(args, 'sfreq', SFREQ):g}"]
+    config = generator_config(args)
+    return [f"task.in_channels={config.n_channels}", f"task.sample_rate={config.sfreq:g}"]
 
 
 def generator_config(args) -> SyntheticMEGConfig:
@@ -726,7 +725,7 @@ def main(argv=None) -> int:
 
     tasks: Dict[str, object] = {}
     for task in args.tasks:
-        dataset = task_dataset(data, task, args)
+        dataset = task_dataset(data, task, args.context)
         windows = read_windows(dataset) if args.finetune_fractions else None
         rows: Dict[str, List[Dict[str, object]]] = {}
         if args.evaluate in ("all", "checkpoint"):

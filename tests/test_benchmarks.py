@@ -300,7 +300,7 @@ def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tm
     segment = np.load(os.path.join(root, first[0]))
     assert segment.shape[0] == 8 and int(first[1]) == segment.shape[1]
     assert segment.shape[1] % 100 == 0 and segment.shape[1] != 0  # whole seconds at 100 Hz
-    event = probe_synthetic.task_dataset(data, "event", small)
+    event = probe_synthetic.task_dataset(data, "event", small.context)
     window = event.split_windows("train")[0]
     assert window.pool[1] - window.pool[0] == 50  # the 0.5-s event span at 100 Hz
     for bad, message in (
