@@ -714,6 +714,42 @@ def test_frame_power_with_mean_keeps_an_evoked_deflections_sign():
     assert (up_targets[:, inside, 2] > 1).all() and (down_targets[:, inside, 2] < -1).all()
 
 
+def test_frame_mean_whiten_lifts_a_weak_deflection_above_a_strong_shared_drift():
+    """``mean_whiten``: the mean targets are the frame means of the whitened, crop-centred
+    sensors. A strong slow drift common to every sensor hides a weak deflection on sensor 2 in
+    its unwhitened mean target; after whitening the drift's direction is shrunk and the
+    deflection's frames stand out. The power targets do not change."""
+    from meg2vec_fairseq.models.frame_power import FramePowerTargets
+    from meg2vec_fairseq.models.spatial_filter import centre_crops
+    from meg2vec_fairseq.models.targets import spatial_whitening
+
+    generator = torch.Generator().manual_seed(0)
+    b, c, t = 4, 6, 600
+    noise = 0.1 * torch.randn(b, c, t, generator=generator)
+    drift = torch.cumsum(torch.randn(b, 1, t, generator=generator), dim=-1)
+    drift = 5 * drift / drift.std()
+    source = noise + drift * torch.linspace(0.8, 1.2, c).view(1, c, 1)
+    source[:, 2, 300:375] += 0.5 * torch.sin(math.pi * torch.arange(75) / 75.0) ** 2
+    plain = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True)
+    whitened = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True,
+                                 mean_whiten=0.1)
+    torch.testing.assert_close(whitened.targets(source)[..., c:], plain.targets(source)[..., c:])
+    centred, _ = centre_crops(source)
+    expected = (spatial_whitening(centred, 0.1) @ centred).unfold(-1, 10, 5).mean(-1)
+    expected = expected.transpose(1, 2)
+    expected = (expected - expected.mean(dim=(0, 1))) / expected.std(dim=(0, 1))
+    torch.testing.assert_close(whitened.targets(source)[..., :c], expected, rtol=1e-3,
+                               atol=1e-3)
+    inside = torch.zeros((600 - 10) // 5 + 1, dtype=torch.bool)
+    inside[62:71] = True  # frames within the deflection's middle (samples 310-365)
+
+    def contrast(head):
+        values = head.targets(source)[..., 2]
+        return float((values[:, inside].mean() - values[:, ~inside].mean()) / values.std())
+
+    assert contrast(whitened) > 1.0 > 2 * contrast(plain)
+
+
 def test_frame_power_bands_tell_a_burst_from_a_rhythm_at_another_frequency():
     """With bands, a 25-Hz burst on sensor 1 raises that sensor's 13-30 Hz frame power and not
     its 8-13 Hz one; the head regresses sensors x bands values (sensor-major)."""
@@ -1018,6 +1054,10 @@ def test_model_in_bfloat16_trains(options):
         ({"encoder_frame_power": True}, "encoder_frame_power=True needs cnn_frame_power=True"),
         ({"frame_power_with_mean": True},
          "frame_power_with_mean=True needs cnn_frame_power=True"),
+        ({"cnn_frame_power": True, "frame_mean_whiten": 1.0},
+         r"frame_mean_whiten=1\.0 needs frame_power_with_mean=True"),
+        ({"cnn_frame_power": True, "frame_power_with_mean": True, "frame_mean_whiten": -0.5},
+         r"frame_mean_whiten=-0\.5: must be >= 0"),
         ({"cnn_frame_power_before_path": True, "sensor_power_path": True},
          "cnn_frame_power_before_path=True needs sensor_power_path=True and cnn_frame_power"),
         ({"cnn_frame_power_before_path": True, "cnn_frame_power": True},

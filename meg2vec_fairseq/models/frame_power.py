@@ -19,6 +19,10 @@ fill those in from their neighbours). With ``bands``, each sensor's log variance
 rhythm at a nearby frequency. With ``with_mean``, each sensor's mean over the frame (its
 low-passed waveform) comes first: a slow evoked deflection (an M100-like field) is mostly
 a frame's mean, which its variance removes, so power alone cannot tell its sign or shape.
+With ``mean_whiten`` those means are taken of the crop-centred sensors after a shrunk spatial
+whitening (:func:`.targets.spatial_whitening`): the frame means of the strong slow components
+(1/f background) otherwise take the head's width (round 36b), as they dominate an ERF before
+noise-covariance whitening; whitened, a weak evoked field outside them weighs as much.
 """
 
 from typing import Optional, Sequence, Tuple
@@ -29,6 +33,8 @@ import torch.nn.functional as F
 from .band_power import band_signals
 from .masked_regression import MaskedRegressionHead, standardise_frames
 from .sensor_power import frame_log_power
+from .spatial_filter import centre_crops
+from .targets import spatial_whitening
 
 
 class FramePowerTargets(MaskedRegressionHead):
@@ -50,19 +56,28 @@ class FramePowerTargets(MaskedRegressionHead):
         Sampling rate of the input (Hz); needed with ``bands``.
     with_mean : bool
         Also regress each sensor's mean over the frame (unfiltered), before the powers.
+    mean_whiten : float
+        With ``with_mean``: shrinkage (units of the mean eigenvalue) of the spatial whitening of
+        the crop-centred sensors whose frame means are taken; 0 (default): no whitening.
     """
 
     def __init__(self, feature_dim: int, in_channels: int, receptive_field: int,
                  stride: int, bands: Sequence[Tuple[float, float]] = (),
-                 sample_rate: Optional[float] = None, with_mean: bool = False) -> None:
+                 sample_rate: Optional[float] = None, with_mean: bool = False,
+                 mean_whiten: float = 0.0) -> None:
         super().__init__(feature_dim, in_channels * (max(1, len(bands)) + int(with_mean)))
         if bands and not sample_rate:
             raise ValueError("frame-power bands need the input's sample rate")
+        if not mean_whiten >= 0:
+            raise ValueError(f"mean_whiten={mean_whiten}: must be >= 0 (0 = off)")
+        if mean_whiten > 0 and not with_mean:
+            raise ValueError("mean_whiten > 0 needs with_mean (the means it whitens)")
         self.receptive_field = receptive_field
         self.stride = stride
         self.bands = [(float(low), float(high)) for low, high in bands]
         self.sample_rate = sample_rate
         self.with_mean = with_mean
+        self.mean_whiten = float(mean_whiten)
 
     @torch.no_grad()
     def targets(
@@ -72,6 +87,7 @@ class FramePowerTargets(MaskedRegressionHead):
         ``with_mean`` each sensor's frame mean first (``C`` values), then the log variance per
         sensor (sensor-major: sensor 0's bands first), each standardised over the batch;
         ``frames = (T - receptive_field) // stride + 1`` (the conv encoder's frame count).
+        With ``mean_whiten`` the means are those of the whitened, crop-centred sensors.
 
         Padded samples are zeroed first (they only reach frames that fairseq marks as padding,
         which the loss skips)."""
@@ -79,7 +95,8 @@ class FramePowerTargets(MaskedRegressionHead):
             x = source.float()
             if padding_mask is not None:
                 x = x * (~padding_mask).unsqueeze(1)
-            means = (F.avg_pool1d(x, self.receptive_field, stride=self.stride)
+            means = (F.avg_pool1d(self._mean_input(x, padding_mask), self.receptive_field,
+                                  stride=self.stride)
                      if self.with_mean else None)
             if self.bands:
                 x = band_signals(x, self.bands, self.sample_rate)
@@ -87,3 +104,11 @@ class FramePowerTargets(MaskedRegressionHead):
             if means is not None:
                 log_power = torch.cat([means, log_power], dim=1)
             return standardise_frames(log_power.transpose(1, 2))
+
+    def _mean_input(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The signal whose frame means are targets: ``x`` itself, or with ``mean_whiten`` its
+        crop-centred sensors spatially whitened with the batch's shrunk covariance."""
+        if self.mean_whiten <= 0:
+            return x
+        centred, _ = centre_crops(x, padding_mask)
+        return spatial_whitening(centred, self.mean_whiten, padding_mask) @ centred

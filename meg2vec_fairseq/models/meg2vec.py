@@ -31,7 +31,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`), and the same targets
   from the Transformer's output at the unmasked frames, so its layers keep it too
   (``encoder_frame_power``); each sensor's frame mean as a target beside its power
-  (``frame_power_with_mean``);
+  (``frame_power_with_mean``), optionally of the spatially whitened sensors
+  (``frame_mean_whiten``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -354,6 +355,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "mean, which the variance removes. No new loss"
         },
     )
+    frame_mean_whiten: float = field(
+        default=0.0,
+        metadata={
+            "help": "with frame_power_with_mean: if > 0, the frame means are those of the "
+            "crop-centred sensors after a spatial whitening with the batch's sensor "
+            "covariance, shrunk by this much (units of its mean eigenvalue), so that the means "
+            "of the strong slow components do not take the heads' width from weak evoked "
+            "fields outside them. 0 = unwhitened means"
+        },
+    )
     sensor_power_path: bool = field(
         default=False,
         metadata={
@@ -663,6 +674,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 bands=frame_bands,
                 sample_rate=_config_sample_rate(cfg) if frame_bands else None,
                 with_mean=bool(getattr(cfg, "frame_power_with_mean", False)),
+                mean_whiten=float(getattr(cfg, "frame_mean_whiten", 0.0)),
             )
         self.encoder_frame_power: Optional[MaskedRegressionHead] = None
         if getattr(cfg, "encoder_frame_power", False):
@@ -1081,6 +1093,12 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail("encoder_frame_power=True needs cnn_frame_power=True (its targets)")
     if getattr(cfg, "frame_power_with_mean", False) and not cfg.cnn_frame_power:
         fail("frame_power_with_mean=True needs cnn_frame_power=True (its targets)")
+    mean_whiten = getattr(cfg, "frame_mean_whiten", 0.0)
+    if not mean_whiten >= 0:
+        fail(f"frame_mean_whiten={mean_whiten}: must be >= 0 (0 = off)")
+    if mean_whiten > 0 and not getattr(cfg, "frame_power_with_mean", False):
+        fail(f"frame_mean_whiten={mean_whiten} needs frame_power_with_mean=True (the means "
+             "it whitens)")
     if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
         fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
              "sensor_power_path=True")
