@@ -32,6 +32,10 @@ seeds) as the benchmark:
   window (the power *change*, as event-related (de)synchronisation is measured). With
   ``--power-pca-mean``, also each sensor's frame mean (the low-passed waveform, which keeps an
   evoked deflection's sign and shape that the variance removes) and log power together.
+  With ``--power-whiten s ...``, the same rows again with the sensors first spatially whitened
+  by the pre-training recordings' covariance shrunk by ``s`` (units of its mean eigenvalue;
+  what ``model.frame_mean_whiten`` does to the frame-mean targets), so that a weak field
+  outside the strong components weighs as much as they do.
 
 Random views are redrawn per probe seed. Prints a table; ``--json`` writes the result.
 
@@ -208,8 +212,8 @@ class FramePowerAxes(FrameSummary):
 
     def __init__(self, name: str, receptive_field: int, stride: int, mean: np.ndarray,
                  scale: np.ndarray, axes: np.ndarray, baseline: bool = False,
-                 with_mean: bool = False) -> None:
-        super().__init__(name, receptive_field, stride, log_power=True)
+                 with_mean: bool = False, matrix: Optional[np.ndarray] = None) -> None:
+        super().__init__(name, receptive_field, stride, log_power=True, matrix=matrix)
         self.mean, self.scale, self.axes = mean, scale, axes
         self.baseline, self.with_mean = baseline, with_mean
 
@@ -228,12 +232,14 @@ class FramePowerAxes(FrameSummary):
 
 
 def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence[int],
-                    baseline: bool, with_mean: bool = False) -> List[SourceSpec]:
+                    baseline: bool, with_mean: bool = False,
+                    whitening: Optional[Tuple[float, np.ndarray]] = None) -> List[SourceSpec]:
     """The ``--power-pca`` rows: frame log power on the top ``k`` axes of its own covariance
     over the first ``max_files`` pre-training segments, and with ``with_mean`` the same for
     frame means and log powers together (per-segment baseline removed first for the
-    ``baseline`` rows, so that their axes are those of the changes). The segments are read
-    once."""
+    ``baseline`` rows, so that their axes are those of the changes). With ``whitening``
+    (shrinkage, ``(C, C)`` symmetric matrix) every row is of the whitened sensors. The
+    segments are read once."""
     from meg2vec_fairseq.configs import load_pretraining_config
     from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
@@ -241,8 +247,9 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
     files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))
     if not files:
         raise SystemExit(f"error: no .npy segments under {pretrain_dir}")
+    shrinkage, matrix = whitening if whitening is not None else (None, None)
     cutter = FramePowerAxes("values", *geometry, np.zeros(1), np.ones(1), np.eye(1),
-                            with_mean=True)
+                            with_mean=True, matrix=matrix)
     summaries = [cutter.summaries(np.load(path).astype(np.float64)[None])[0][0]
                  for path in files[:max_files]]  # (T', 2 C) each: means, then log powers
     n_channels = summaries[0].shape[1] // 2
@@ -252,6 +259,8 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
         values = np.concatenate(segments)
         mean, scale = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-8)
         what = "frame mean + log power" if means else "frame log power"
+        if whitening is not None:
+            what = f"whitened ({shrinkage:g}) {what}"
         for corrected in ([False, True] if baseline else [False]):
             standard = [(segment - mean) / scale for segment in segments]
             if corrected:
@@ -262,7 +271,7 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
                 name = f"{what}{' change' if corrected else ''}, top {k} axes of its own"
                 view = FramePowerAxes(name, *geometry, mean, scale,
                                       eigenvectors[:, order[:k]], baseline=corrected,
-                                      with_mean=means)
+                                      with_mean=means, matrix=matrix)
                 specs.append(SourceSpec(name, lambda seed, view=view: view))
     return specs
 
@@ -285,6 +294,14 @@ def parse_band(text: str) -> Optional[Tuple[float, float]]:
         raise argparse.ArgumentTypeError(
             f"band {text!r} must satisfy 0 < low < high < {SFREQ / 2:g} Hz (Nyquist)")
     return low, high
+
+
+def whitening(axes: Tuple[np.ndarray, np.ndarray], shrinkage: float) -> np.ndarray:
+    """Symmetric shrunk whitening ``V diag((e + shrinkage * mean(e)) ** -1/2) V^T`` of the
+    sensors from their covariance's eigenvalues ``e`` and eigenvectors ``V`` (``axes``)."""
+    eigenvalues, eigenvectors = axes
+    scale = (np.maximum(eigenvalues, 0) + shrinkage * eigenvalues.mean()) ** -0.5
+    return (eigenvectors * scale) @ eigenvectors.T
 
 
 def zscore_windows(windows: np.ndarray) -> np.ndarray:
@@ -363,6 +380,11 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
         specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
                                  args.frame_config, args.power_pca, args.power_baseline,
                                  with_mean=args.power_pca_mean)
+        for shrinkage in args.power_whiten:
+            specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
+                                     args.frame_config, args.power_pca, args.power_baseline,
+                                     with_mean=args.power_pca_mean,
+                                     whitening=(shrinkage, whitening(axes, shrinkage)))
     return specs
 
 
@@ -394,11 +416,17 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--power-pca-mean", action="store_true",
                         help="with --power-pca: also rows of each sensor's frame mean and "
                         "log power together on the top k axes of their own covariance")
+    parser.add_argument("--power-whiten", type=float, nargs="*", default=[],
+                        help="with --power-pca: the same rows again for the sensors spatially "
+                        "whitened by the pre-training covariance shrunk by each value (> 0, "
+                        "units of its mean eigenvalue)")
     parser.add_argument("--pca-files", type=int, default=40,
                         help="pre-training segments read for the PCA")
     args = parser.parse_args(argv)
     if args.dim < 1 or any(k < 1 for k in args.pca + args.power_pca):
         parser.error("--dim, --pca and --power-pca must be >= 1")
+    if any(not s > 0 for s in args.power_whiten) or (args.power_whiten and not args.power_pca):
+        parser.error("--power-whiten values must be > 0 and need --power-pca")
     dataset = load_task(parser, args)
     axes = principal_axes(os.path.join(args.data, "pretrain"), args.pca_files)
     if any(k > dataset.n_channels for k in args.pca + args.power_pca):

@@ -54,6 +54,27 @@ def _tiny_probe_data(tmp_path):
     return probe_synthetic.prepare_data(args)["dir"]
 
 
+def test_spatial_probe_whitening_equalises_the_sensor_covariance():
+    """``spatial_probe.whitening``: at a tiny shrinkage the whitened sensors' covariance is the
+    identity; a shrinkage presses strong directions to about 1 and keeps weak ones below."""
+    sys.path.insert(0, "benchmarks")
+    import spatial_probe
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(5, 5)) * np.array([10.0, 3.0, 1.0, 0.3, 0.1])
+    data = mixing @ rng.normal(size=(5, 20000))
+    covariance = np.cov(data)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    axes = (eigenvalues[::-1], eigenvectors[:, ::-1])
+    white = spatial_probe.whitening(axes, 1e-9)
+    np.testing.assert_allclose(white @ covariance @ white, np.eye(5), atol=1e-5)
+    shrunk = np.linalg.eigvalsh(spatial_probe.whitening(axes, 1.0) @ covariance
+                                @ spatial_probe.whitening(axes, 1.0))[::-1]
+    expected = axes[0] / (axes[0] + axes[0].mean())
+    np.testing.assert_allclose(shrunk, expected, rtol=1e-6)
+    assert shrunk[0] > 0.5 > 50 * shrunk[-1]
+
+
 @pytest.mark.slow
 def test_spatial_probe_runs_every_view(tmp_path):
     """``benchmarks/spatial_probe.py``: one row per view, scores in [0, 1], JSON written;
@@ -64,7 +85,7 @@ def test_spatial_probe_runs_every_view(tmp_path):
         [sys.executable, "benchmarks/spatial_probe.py", "--data", data, "--task", "state",
          "--pca", "4", "--dim", "8", "--pca-files", "3", "--seeds", "0", "--frame-views",
          "--power-bands", "all", "8-13", "--power-pca", "4", "--power-baseline",
-         "--power-pca-mean", "--json", str(out)],
+         "--power-pca-mean", "--power-whiten", "0.5", "--json", str(out)],
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -78,9 +99,13 @@ def test_spatial_probe_runs_every_view(tmp_path):
                      "frame log power, top 4 axes of its own",
                      "frame log power change, top 4 axes of its own",
                      "frame mean + log power, top 4 axes of its own",
-                     "frame mean + log power change, top 4 axes of its own"]
+                     "frame mean + log power change, top 4 axes of its own",
+                     "whitened (0.5) frame log power, top 4 axes of its own",
+                     "whitened (0.5) frame log power change, top 4 axes of its own",
+                     "whitened (0.5) frame mean + log power, top 4 axes of its own",
+                     "whitened (0.5) frame mean + log power change, top 4 axes of its own"]
     # meg2vec_tiny's frames: 60 samples every 10; mean (+ log variance) per sensor or component
-    frame_rows = {s["name"]: s for s in report["sources"][-9:]}
+    frame_rows = {s["name"]: s for s in report["sources"][-13:]}
     assert frame_rows["frame mean"]["source"]["receptive_field"] == 60
     assert frame_rows["frame mean"]["source"]["stride"] == 10
     n_sensors = report["sources"][0]["feature_dim"] // 2
@@ -94,7 +119,8 @@ def test_spatial_probe_runs_every_view(tmp_path):
     assert banded["source"]["receptive_field"] == 60
     for name in ("frame log power, top 4 axes of its own",
                  "frame log power change, top 4 axes of its own",
-                 "frame mean + log power, top 4 axes of its own"):
+                 "frame mean + log power, top 4 axes of its own",
+                 "whitened (0.5) frame mean + log power, top 4 axes of its own"):
         assert frame_rows[name]["feature_dim"] == 2 * 4
     assert all(0 <= s["macro_f1"]["mean"] <= 1 for s in report["sources"])
     assert 0 < report["pca_variance_share"]["4"] <= 1
@@ -104,6 +130,11 @@ def test_spatial_probe_runs_every_view(tmp_path):
          "--power-bands", "100-200"], timeout=60)
     assert above_nyquist.returncode == 2 and "'100-200'" in above_nyquist.stderr
     assert "Nyquist" in above_nyquist.stderr
+    for whiten in (["--power-whiten", "0"], ["--power-whiten", "1"]):  # bad value; no --power-pca
+        refused = run_command([sys.executable, "benchmarks/spatial_probe.py", "--data", data,
+                               *whiten] + (["--power-pca", "4"] if whiten[1] == "0" else []),
+                              timeout=60)
+        assert refused.returncode == 2 and "--power-whiten" in refused.stderr
     missing = run_command([sys.executable, "benchmarks/spatial_probe.py", "--data",
                            str(tmp_path)], timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
