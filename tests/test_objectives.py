@@ -750,6 +750,45 @@ def test_frame_mean_whiten_lifts_a_weak_deflection_above_a_strong_shared_drift()
     assert contrast(whitened) > 1.0 > 2 * contrast(plain)
 
 
+def test_frame_power_whiten_lifts_a_weak_burst_above_a_strong_shared_rhythm():
+    """``power_whiten``: the power targets are the frame log variances of the whitened,
+    crop-centred sensors. A strong 10-Hz rhythm common to every sensor swamps the power of a
+    weak 25-Hz burst on sensor 2 in its own power target; whitened, the burst's frames stand
+    out. The mean targets do not change."""
+    from meg2vec_fairseq.models.frame_power import FramePowerTargets
+    from meg2vec_fairseq.models.sensor_power import frame_log_power
+    from meg2vec_fairseq.models.spatial_filter import centre_crops
+    from meg2vec_fairseq.models.targets import spatial_whitening
+
+    generator = torch.Generator().manual_seed(0)
+    b, c, t = 4, 6, 600
+    time = torch.arange(t) / 250.0
+    phases = torch.rand(2, b, 1, 1, generator=generator) * 6
+    envelope = 1 + 0.8 * torch.sin(2 * math.pi * 0.7 * time + phases[0])
+    rhythm = 5 * envelope * torch.sin(2 * math.pi * 10 * time + phases[1])
+    source = 0.1 * torch.randn(b, c, t, generator=generator)
+    source = source + rhythm * torch.linspace(0.8, 1.2, c).view(1, c, 1)
+    source[:, 2, 300:375] += 0.5 * torch.sin(2 * math.pi * 25 * time[:75])
+    plain = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True)
+    whitened = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True,
+                                 power_whiten=0.01)
+    torch.testing.assert_close(whitened.targets(source)[..., :c], plain.targets(source)[..., :c])
+    centred, _ = centre_crops(source)
+    expected, _ = frame_log_power(spatial_whitening(centred, 0.01) @ centred, 10, 5)
+    expected = expected.transpose(1, 2)
+    expected = (expected - expected.mean(dim=(0, 1))) / expected.std(dim=(0, 1))
+    torch.testing.assert_close(whitened.targets(source)[..., c:], expected, rtol=1e-3,
+                               atol=1e-3)
+    inside = torch.zeros((600 - 10) // 5 + 1, dtype=torch.bool)
+    inside[60:74] = True  # frames within the burst (samples 300-375)
+
+    def contrast(head):
+        values = head.targets(source)[..., c + 2]
+        return float((values[:, inside].mean() - values[:, ~inside].mean()) / values.std())
+
+    assert contrast(whitened) > 1.0 > 2 * contrast(plain)
+
+
 def test_frame_power_bands_tell_a_burst_from_a_rhythm_at_another_frequency():
     """With bands, a 25-Hz burst on sensor 1 raises that sensor's 13-30 Hz frame power and not
     its 8-13 Hz one; the head regresses sensors x bands values (sensor-major)."""
@@ -1058,6 +1097,10 @@ def test_model_in_bfloat16_trains(options):
          r"frame_mean_whiten=1\.0 needs frame_power_with_mean=True"),
         ({"cnn_frame_power": True, "frame_power_with_mean": True, "frame_mean_whiten": -0.5},
          r"frame_mean_whiten=-0\.5: must be >= 0"),
+        ({"frame_power_whiten": 0.5},
+         r"frame_power_whiten=0\.5 needs cnn_frame_power=True"),
+        ({"cnn_frame_power": True, "frame_power_whiten": -1.0},
+         r"frame_power_whiten=-1\.0: must be >= 0"),
         ({"cnn_frame_power_before_path": True, "sensor_power_path": True},
          "cnn_frame_power_before_path=True needs sensor_power_path=True and cnn_frame_power"),
         ({"cnn_frame_power_before_path": True, "cnn_frame_power": True},

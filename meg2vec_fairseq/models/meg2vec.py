@@ -31,8 +31,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`), and the same targets
   from the Transformer's output at the unmasked frames, so its layers keep it too
   (``encoder_frame_power``); each sensor's frame mean as a target beside its power
-  (``frame_power_with_mean``), optionally of the spatially whitened sensors
-  (``frame_mean_whiten``);
+  (``frame_power_with_mean``), means and powers optionally of the spatially whitened sensors
+  (``frame_mean_whiten``, ``frame_power_whiten``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -365,6 +365,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "fields outside them. 0 = unwhitened means"
         },
     )
+    frame_power_whiten: float = field(
+        default=0.0,
+        metadata={
+            "help": "with cnn_frame_power: if > 0, the frame-power targets are the log "
+            "variances of the crop-centred sensors after a spatial whitening with the batch's "
+            "sensor covariance, shrunk by this much (units of its mean eigenvalue), so that a "
+            "weak field's power is not summed with the strong components' in every sensor. "
+            "0 = each sensor's own power"
+        },
+    )
     sensor_power_path: bool = field(
         default=False,
         metadata={
@@ -675,6 +685,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 sample_rate=_config_sample_rate(cfg) if frame_bands else None,
                 with_mean=bool(getattr(cfg, "frame_power_with_mean", False)),
                 mean_whiten=float(getattr(cfg, "frame_mean_whiten", 0.0)),
+                power_whiten=float(getattr(cfg, "frame_power_whiten", 0.0)),
             )
         self.encoder_frame_power: Optional[MaskedRegressionHead] = None
         if getattr(cfg, "encoder_frame_power", False):
@@ -1099,6 +1110,11 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     if mean_whiten > 0 and not getattr(cfg, "frame_power_with_mean", False):
         fail(f"frame_mean_whiten={mean_whiten} needs frame_power_with_mean=True (the means "
              "it whitens)")
+    power_whiten = getattr(cfg, "frame_power_whiten", 0.0)
+    if not power_whiten >= 0:
+        fail(f"frame_power_whiten={power_whiten}: must be >= 0 (0 = off)")
+    if power_whiten > 0 and not cfg.cnn_frame_power:
+        fail(f"frame_power_whiten={power_whiten} needs cnn_frame_power=True (its targets)")
     if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
         fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
              "sensor_power_path=True")
