@@ -751,10 +751,10 @@ def test_frame_mean_whiten_lifts_a_weak_deflection_above_a_strong_shared_drift()
 
 
 def test_frame_power_whiten_lifts_a_weak_burst_above_a_strong_shared_rhythm():
-    """``power_whiten``: the power targets are the frame log variances of the whitened,
-    crop-centred sensors. A strong 10-Hz rhythm common to every sensor swamps the power of a
-    weak 25-Hz burst on sensor 2 in its own power target; whitened, the burst's frames stand
-    out. The mean targets do not change."""
+    """``power_whiten``: after the means and each sensor's own power come the frame log
+    variances of the whitened, crop-centred sensors. A strong 10-Hz rhythm common to every
+    sensor swamps the power of a weak 25-Hz burst on sensor 2 in its own power target;
+    whitened, the burst's frames stand out. The means and own powers do not change."""
     from meg2vec_fairseq.models.frame_power import FramePowerTargets
     from meg2vec_fairseq.models.sensor_power import frame_log_power
     from meg2vec_fairseq.models.spatial_filter import centre_crops
@@ -772,21 +772,22 @@ def test_frame_power_whiten_lifts_a_weak_burst_above_a_strong_shared_rhythm():
     plain = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True)
     whitened = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True,
                                  power_whiten=0.01)
-    torch.testing.assert_close(whitened.targets(source)[..., :c], plain.targets(source)[..., :c])
+    assert whitened.head.out_features == 3 * c
+    torch.testing.assert_close(whitened.targets(source)[..., :2 * c], plain.targets(source))
     centred, _ = centre_crops(source)
     expected, _ = frame_log_power(spatial_whitening(centred, 0.01) @ centred, 10, 5)
     expected = expected.transpose(1, 2)
     expected = (expected - expected.mean(dim=(0, 1))) / expected.std(dim=(0, 1))
-    torch.testing.assert_close(whitened.targets(source)[..., c:], expected, rtol=1e-3,
+    torch.testing.assert_close(whitened.targets(source)[..., 2 * c:], expected, rtol=1e-3,
                                atol=1e-3)
     inside = torch.zeros((600 - 10) // 5 + 1, dtype=torch.bool)
     inside[60:74] = True  # frames within the burst (samples 300-375)
 
-    def contrast(head):
-        values = head.targets(source)[..., c + 2]
+    def contrast(values):
         return float((values[:, inside].mean() - values[:, ~inside].mean()) / values.std())
 
-    assert contrast(whitened) > 1.0 > 2 * contrast(plain)
+    own, white = whitened.targets(source)[..., c + 2], whitened.targets(source)[..., 2 * c + 2]
+    assert contrast(white) > 1.0 > 2 * contrast(own)
 
 
 def test_frame_power_bands_tell_a_burst_from_a_rhythm_at_another_frequency():

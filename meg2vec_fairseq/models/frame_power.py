@@ -23,9 +23,11 @@ With ``mean_whiten`` those means are taken of the crop-centred sensors after a s
 whitening (:func:`.targets.spatial_whitening`): the frame means of the strong slow components
 (1/f background) otherwise take the head's width (round 36b), as they dominate an ERF before
 noise-covariance whitening; whitened, a weak evoked field outside them weighs as much.
-``power_whiten`` does the same for the powers: each whitened sensor's log variance, in which a
-weak field's power is not summed with the strong components' (a fixed 128-wide code of it
-probes the fourth setting's events at 0.856 against 0.804 unwhitened; round 38c).
+``power_whiten`` adds the powers of the whitened sensors after each sensor's own: in a whitened
+sensor a weak field's power is not summed with the strong components' (a fixed 128-wide code
+of it probes the fourth setting's events at 0.856 against 0.804 unwhitened), but a sustained
+state that changes the strong components' power (alpha desynchronisation) fades there (state
+0.804 against 0.932; round 38c), so the sensors' own powers stay.
 """
 
 from typing import Optional, Sequence, Tuple
@@ -63,14 +65,16 @@ class FramePowerTargets(MaskedRegressionHead):
         With ``with_mean``: shrinkage (units of the mean eigenvalue) of the spatial whitening of
         the crop-centred sensors whose frame means are taken; 0 (default): no whitening.
     power_whiten : float
-        The same for the sensors whose frame log variances are taken; 0 (default): none.
+        If > 0, the log variances of the sensors whitened with this shrinkage are regressed
+        too, after each sensor's own; 0 (default): the sensors' own only.
     """
 
     def __init__(self, feature_dim: int, in_channels: int, receptive_field: int,
                  stride: int, bands: Sequence[Tuple[float, float]] = (),
                  sample_rate: Optional[float] = None, with_mean: bool = False,
                  mean_whiten: float = 0.0, power_whiten: float = 0.0) -> None:
-        super().__init__(feature_dim, in_channels * (max(1, len(bands)) + int(with_mean)))
+        powers = max(1, len(bands)) * (1 + int(power_whiten > 0))
+        super().__init__(feature_dim, in_channels * (powers + int(with_mean)))
         if bands and not sample_rate:
             raise ValueError("frame-power bands need the input's sample rate")
         for name, value in (("mean_whiten", mean_whiten), ("power_whiten", power_whiten)):
@@ -90,12 +94,12 @@ class FramePowerTargets(MaskedRegressionHead):
     def targets(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """``(B, C, T)`` -> ``(B, frames, C * (max(1, n_bands) + with_mean))``: with
-        ``with_mean`` each sensor's frame mean first (``C`` values), then the log variance per
-        sensor (sensor-major: sensor 0's bands first), each standardised over the batch;
+        """``(B, C, T)`` -> ``(B, frames, C * (max(1, n_bands) * (1 + whitened) +
+        with_mean))``: with ``with_mean`` each sensor's frame mean first (``C`` values), then
+        the log variance per sensor (sensor-major: sensor 0's bands first), then with
+        ``power_whiten`` the same for the whitened sensors, each standardised over the batch;
         ``frames = (T - receptive_field) // stride + 1`` (the conv encoder's frame count).
-        With ``mean_whiten`` (``power_whiten``) the means (powers) are those of the
-        whitened, crop-centred sensors.
+        With ``mean_whiten`` the means are those of the whitened, crop-centred sensors.
 
         Padded samples are zeroed first (they only reach frames that fairseq marks as padding,
         which the loss skips)."""
@@ -106,13 +110,18 @@ class FramePowerTargets(MaskedRegressionHead):
             means = (F.avg_pool1d(_whitened(x, self.mean_whiten, padding_mask),
                                   self.receptive_field, stride=self.stride)
                      if self.with_mean else None)
-            x = _whitened(x, self.power_whiten, padding_mask)
-            if self.bands:
-                x = band_signals(x, self.bands, self.sample_rate)
-            log_power, _ = frame_log_power(x, self.receptive_field, self.stride)
-            if means is not None:
-                log_power = torch.cat([means, log_power], dim=1)
-            return standardise_frames(log_power.transpose(1, 2))
+            values = [] if means is None else [means]
+            values.append(self._log_power(x))
+            if self.power_whiten > 0:
+                values.append(self._log_power(_whitened(x, self.power_whiten, padding_mask)))
+            return standardise_frames(torch.cat(values, dim=1).transpose(1, 2))
+
+    def _log_power(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T)`` -> each sensor's frame log variance (in each band, sensor-major):
+        ``(B, C * max(1, n_bands), frames)``."""
+        if self.bands:
+            x = band_signals(x, self.bands, self.sample_rate)
+        return frame_log_power(x, self.receptive_field, self.stride)[0]
 
 
 def _whitened(x: torch.Tensor, shrinkage: float, padding_mask: Optional[torch.Tensor]

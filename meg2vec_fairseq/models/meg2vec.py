@@ -31,8 +31,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   the convolutions keep it (``cnn_frame_power``; :mod:`.frame_power`), and the same targets
   from the Transformer's output at the unmasked frames, so its layers keep it too
   (``encoder_frame_power``); each sensor's frame mean as a target beside its power
-  (``frame_power_with_mean``), means and powers optionally of the spatially whitened sensors
-  (``frame_mean_whiten``, ``frame_power_whiten``);
+  (``frame_power_with_mean``, optionally of the spatially whitened sensors:
+  ``frame_mean_whiten``); the spatially whitened sensors' powers too (``frame_power_whiten``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -368,11 +368,11 @@ class Meg2VecConfig(Wav2Vec2Config):
     frame_power_whiten: float = field(
         default=0.0,
         metadata={
-            "help": "with cnn_frame_power: if > 0, the frame-power targets are the log "
+            "help": "with cnn_frame_power: if > 0, the frame-power targets also hold the log "
             "variances of the crop-centred sensors after a spatial whitening with the batch's "
-            "sensor covariance, shrunk by this much (units of its mean eigenvalue), so that a "
-            "weak field's power is not summed with the strong components' in every sensor. "
-            "0 = each sensor's own power"
+            "sensor covariance, shrunk by this much (units of its mean eigenvalue), after each "
+            "sensor's own: in a whitened sensor a weak field's power is not summed with the "
+            "strong components'. Both frame-power heads regress them. 0 = own powers only"
         },
     )
     sensor_power_path: bool = field(
