@@ -297,11 +297,15 @@ def parse_band(text: str) -> Optional[Tuple[float, float]]:
 
 
 def whitening(axes: Tuple[np.ndarray, np.ndarray], shrinkage: float) -> np.ndarray:
-    """Symmetric shrunk whitening ``V diag((e + shrinkage * mean(e)) ** -1/2) V^T`` of the
-    sensors from their covariance's eigenvalues ``e`` and eigenvectors ``V`` (``axes``)."""
+    """The model's shrunk whitening (``spatial_filter.whitening_matrix``) of the sensor
+    covariance whose eigenvalues and eigenvectors are ``axes``: ``(C, C)``, symmetric."""
+    import torch
+
+    from meg2vec_fairseq.models.spatial_filter import whitening_matrix
+
     eigenvalues, eigenvectors = axes
-    scale = (np.maximum(eigenvalues, 0) + shrinkage * eigenvalues.mean()) ** -0.5
-    return (eigenvectors * scale) @ eigenvectors.T
+    covariance = torch.from_numpy((eigenvectors * eigenvalues) @ eigenvectors.T)
+    return whitening_matrix(covariance, shrinkage).double().numpy()
 
 
 def zscore_windows(windows: np.ndarray) -> np.ndarray:
