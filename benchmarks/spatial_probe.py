@@ -233,12 +233,12 @@ class FramePowerAxes(FrameSummary):
 
 def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence[int],
                     baseline: bool, with_mean: bool = False,
-                    whitening: Optional[Tuple[float, np.ndarray]] = None) -> List[SourceSpec]:
+                    whitenings: Sequence[Tuple[float, np.ndarray]] = ()) -> List[SourceSpec]:
     """The ``--power-pca`` rows: frame log power on the top ``k`` axes of its own covariance
     over the first ``max_files`` pre-training segments, and with ``with_mean`` the same for
     frame means and log powers together (per-segment baseline removed first for the
-    ``baseline`` rows, so that their axes are those of the changes). With ``whitening``
-    (shrinkage, ``(C, C)`` symmetric matrix) every row is of the whitened sensors. The
+    ``baseline`` rows, so that their axes are those of the changes). Each of ``whitenings``
+    (shrinkage, ``(C, C)`` symmetric matrix) adds the same rows for the whitened sensors. The
     segments are read once."""
     from meg2vec_fairseq.configs import load_pretraining_config
     from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
@@ -247,11 +247,24 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
     files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))
     if not files:
         raise SystemExit(f"error: no .npy segments under {pretrain_dir}")
-    shrinkage, matrix = whitening if whitening is not None else (None, None)
+    recordings = [np.load(path).astype(np.float64)[None] for path in files[:max_files]]
+    specs = []
+    for shrinkage, matrix in [(None, None), *whitenings]:
+        specs += _power_pca_rows(recordings, geometry, ks, baseline, with_mean, shrinkage,
+                                 matrix)
+    return specs
+
+
+def _power_pca_rows(recordings: Sequence[np.ndarray], geometry: Tuple[int, int],
+                    ks: Sequence[int], baseline: bool, with_mean: bool,
+                    shrinkage: Optional[float], matrix: Optional[np.ndarray]
+                    ) -> List[SourceSpec]:
+    """The :func:`power_pca_views` rows of one view of the sensors (``matrix`` None: as
+    they are; else whitened with ``shrinkage``), from ``(1, C, T)`` pre-training segments."""
     cutter = FramePowerAxes("values", *geometry, np.zeros(1), np.ones(1), np.eye(1),
                             with_mean=True, matrix=matrix)
-    summaries = [cutter.summaries(np.load(path).astype(np.float64)[None])[0][0]
-                 for path in files[:max_files]]  # (T', 2 C) each: means, then log powers
+    summaries = [cutter.summaries(recording)[0][0]
+                 for recording in recordings]  # (T', 2 C) each: means, then log powers
     n_channels = summaries[0].shape[1] // 2
     specs = []
     for means in ([False, True] if with_mean else [False]):
@@ -259,7 +272,7 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
         values = np.concatenate(segments)
         mean, scale = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-8)
         what = "frame mean + log power" if means else "frame log power"
-        if whitening is not None:
+        if matrix is not None:
             what = f"whitened ({shrinkage:g}) {what}"
         for corrected in ([False, True] if baseline else [False]):
             standard = [(segment - mean) / scale for segment in segments]
@@ -383,12 +396,9 @@ def views(args, n_channels: int, axes: Tuple[np.ndarray, np.ndarray]) -> List[So
     if args.power_pca:
         specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
                                  args.frame_config, args.power_pca, args.power_baseline,
-                                 with_mean=args.power_pca_mean)
-        for shrinkage in args.power_whiten:
-            specs += power_pca_views(os.path.join(args.data, "pretrain"), args.pca_files,
-                                     args.frame_config, args.power_pca, args.power_baseline,
-                                     with_mean=args.power_pca_mean,
-                                     whitening=(shrinkage, whitening(axes, shrinkage)))
+                                 with_mean=args.power_pca_mean,
+                                 whitenings=[(shrinkage, whitening(axes, shrinkage))
+                                             for shrinkage in args.power_whiten])
     return specs
 
 
