@@ -259,3 +259,97 @@ def test_banded_power_path_builds_from_the_config_and_trains():
     assert path.mix.weight.grad.abs().sum() > 0
     plain = build_meg2vec(in_channels=8, sensor_power_path=True)
     assert plain.feature_extractor.power_path.mix.weight.shape[1] == 8
+
+
+def test_kept_sensor_whitening_whitens_each_crops_kept_sensors_only():
+    """Each crop's matrix is the shrunk whitening of the covariance block between the sensors
+    it kept, zero in the rows and columns of the others; a crop that kept every sensor gets
+    the whitening of the whole covariance."""
+    from meg2vec_fairseq.models.spatial_filter import kept_sensor_whitening, whitening_matrix
+
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, generator=generator)
+    covariance = mixing @ mixing.t() + 0.1 * torch.eye(6)
+    kept = torch.tensor([[1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    matrices = kept_sensor_whitening(covariance, kept, shrinkage=0.1)
+    assert matrices.shape == (2, 6, 6)
+    index = kept[0].nonzero().flatten()
+    block = whitening_matrix(covariance[index][:, index], 0.1)
+    torch.testing.assert_close(matrices[0][index][:, index], block)
+    assert (matrices[0][~kept[0]] == 0).all() and (matrices[0][:, ~kept[0]] == 0).all()
+    torch.testing.assert_close(matrices[1], whitening_matrix(covariance, 0.1))
+    # unshrunk, the kept sensors come out white
+    white = kept_sensor_whitening(covariance, kept, shrinkage=0.0)[0][index][:, index]
+    torch.testing.assert_close(white @ covariance[index][:, index] @ white.t(),
+                               torch.eye(len(index)), atol=1e-4, rtol=1e-4)
+
+
+def test_whitened_power_path_lifts_a_weak_burst_under_a_strong_shared_rhythm():
+    """``whiten``: after each sensor's own frame log power the path maps each whitened
+    sensor's. A strong rhythm common to every sensor swamps a weak burst on sensor 2 in its
+    own power; whitened, the burst's frames stand out. A sensor zeroed in a crop (sensor
+    masking) stays out: the crop is whitened over its kept sensors, and the zeroed sensor's
+    values are 0. The own powers are those of the path without whitening."""
+    generator = torch.Generator().manual_seed(0)
+    b, c, t = 4, 6, 600
+    time = torch.arange(t) / 250.0
+    phases = torch.rand(2, b, 1, 1, generator=generator) * 6
+    envelope = 1 + 0.8 * torch.sin(2 * math.pi * 0.7 * time + phases[0])
+    rhythm = 5 * envelope * torch.sin(2 * math.pi * 10 * time + phases[1])
+    source = 0.1 * torch.randn(b, c, t, generator=generator)
+    source = source + rhythm * torch.linspace(0.8, 1.2, c).view(1, c, 1)
+    source[:, 2, 300:375] += 0.5 * torch.sin(2 * math.pi * 25 * time[:75])
+    plain = SensorPowerPath(c, feature_dim=8, receptive_field=10, stride=5).eval()
+    path = SensorPowerPath(c, feature_dim=8, receptive_field=10, stride=5, whiten=0.01).eval()
+    assert path.mix.in_channels == 2 * c and (path.mix.weight == 0).all()
+    values = path.standardised_log_power(source)
+    torch.testing.assert_close(values[:, :c], plain.standardised_log_power(source))
+    inside = torch.zeros((t - 10) // 5 + 1, dtype=torch.bool)
+    inside[60:74] = True  # frames within the burst (samples 300-375)
+
+    def contrast(frames):
+        return float((frames[:, inside].mean() - frames[:, ~inside].mean()) / frames.std())
+
+    assert contrast(values[:, c + 2]) > 1.0 > 2 * contrast(values[:, 2])
+    masked = source.clone()
+    masked[0, 4] = 0.0
+    whitened = path.whitened(masked)
+    assert (whitened[0, 4] == 0).all()
+    assert (path.standardised_log_power(masked)[0, [4, c + 4]] == 0).all()
+    kept = [0, 1, 2, 3, 5]
+    expected = path.whitening_covariance.batch_covariance(masked)  # untrained: the batch's
+    from meg2vec_fairseq.models.spatial_filter import whitening_matrix
+
+    crop = whitening_matrix(expected[kept][:, kept], 0.01) @ masked[0, kept]
+    torch.testing.assert_close(whitened[0, kept], crop, atol=1e-4, rtol=1e-4)
+
+
+def test_whitened_power_path_covariance_comes_from_complete_training_crops():
+    """In a pre-training forward the model folds the crops into the path's running
+    covariance before sensor masking zeroes any sensor (so it is the covariance of complete
+    crops), saves it in the state dict, and leaves it alone in feature extraction; while the
+    path's map is at its initial zero the features are those of the model without a path."""
+    from meg2vec_fairseq.models.spatial_filter import RunningSensorCovariance
+
+    torch.manual_seed(0)
+    options = dict(in_channels=8, target_codebook_size=64, sensor_power_path=True,
+                   mask_sensors_prob=0.5)
+    model = build_meg2vec(sensor_power_path_whiten=0.1, **options)
+    statistics = model.feature_extractor.power_path.whitening_covariance
+    assert "feature_extractor.power_path.whitening_covariance.running_covariance" in (
+        model.state_dict())
+    source = torch.randn(3, 8, 1000) * torch.linspace(0.5, 2.0, 8).view(1, 8, 1)
+    model.train()
+    model(source)
+    assert int(statistics.batches_seen) == 1
+    torch.testing.assert_close(statistics.running_covariance,
+                               RunningSensorCovariance.batch_covariance(source))
+    model(source, mask=False, features_only=True)
+    assert int(statistics.batches_seen) == 1
+    model.eval()
+    with torch.no_grad():
+        with_path = model(source, mask=False, features_only=True)["x"]
+        path, model.feature_extractor.power_path = model.feature_extractor.power_path, None
+        torch.testing.assert_close(with_path,
+                                   model(source, mask=False, features_only=True)["x"])
+    model.feature_extractor.power_path = path

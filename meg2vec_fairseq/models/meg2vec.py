@@ -40,6 +40,7 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
 * a residual path past each convolution after the first (``conv_residual``);
 * each sensor's frame log power, taken before the sensors are mixed, added to the conv
   encoder's output by a learned linear map (``sensor_power_path``; :mod:`.sensor_power`),
+  optionally with the spatially whitened sensors' powers (``sensor_power_path_whiten``),
   with the frame-power head reading the convolutions' output before it
   (``cnn_frame_power_before_path``) and fairseq's layer norm of the conv output applied before
   it is added (``sensor_power_path_after_norm``).
@@ -400,6 +401,17 @@ class Meg2VecConfig(Wav2Vec2Config):
             "fourth, events a little lower; so off"
         },
     )
+    sensor_power_path_whiten: float = field(
+        default=0.0,
+        metadata={
+            "help": "with sensor_power_path: if > 0, the path also maps each sensor's frame "
+            "log power after a spatial whitening of the sensors with the running covariance "
+            "of complete training crops, shrunk by this much (units of its mean eigenvalue); "
+            "each crop is whitened over the sensors that sensor masking kept. In a whitened "
+            "sensor a weak field outside the strong components is not summed with them. "
+            "Not with input_subspace_rank (which whitens the input already). 0 = off"
+        },
+    )
     sensor_power_path_after_norm: bool = field(
         default=False,
         metadata={
@@ -593,6 +605,7 @@ class Meg2VecModel(Wav2Vec2Model):
                     *conv_frame_geometry(cfg.conv_feature_layers),
                     bands=path_bands,
                     sample_rate=_config_sample_rate(cfg) if path_bands else None,
+                    whiten=float(getattr(cfg, "sensor_power_path_whiten", 0.0)),
                 )
                 if getattr(cfg, "sensor_power_path", False)  # absent in older checkpoints
                 else None
@@ -744,10 +757,14 @@ class Meg2VecModel(Wav2Vec2Model):
         extraction) are fairseq's forward unchanged.
         """
         try:
-            spatial_filter = self.feature_extractor.spatial_filter
-            if spatial_filter is not None and self.training and mask and not features_only:
-                # statistics of the crops as they come, before masking or a pretext view
-                spatial_filter.update(source, padding_mask)
+            path = self.feature_extractor.power_path
+            for statistics in (
+                self.feature_extractor.spatial_filter,
+                None if path is None else path.whitening_covariance,
+            ):
+                if statistics is not None and self.training and mask and not features_only:
+                    # statistics of the crops as they come, before masking or a pretext view
+                    statistics.update(source, padding_mask)
             if not (mask and not features_only and self._objectives_on()):
                 return super().forward(
                     source, padding_mask, mask=mask, features_only=features_only, **kwargs
@@ -1115,6 +1132,15 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"frame_power_whiten={power_whiten}: must be >= 0 (0 = off)")
     if power_whiten > 0 and not cfg.cnn_frame_power:
         fail(f"frame_power_whiten={power_whiten} needs cnn_frame_power=True (its targets)")
+    path_whiten = getattr(cfg, "sensor_power_path_whiten", 0.0)
+    if not path_whiten >= 0:
+        fail(f"sensor_power_path_whiten={path_whiten}: must be >= 0 (0 = off)")
+    if path_whiten > 0 and not cfg.sensor_power_path:
+        fail(f"sensor_power_path_whiten={path_whiten} needs sensor_power_path=True")
+    if path_whiten > 0 and cfg.input_subspace_rank > 0:
+        fail(f"sensor_power_path_whiten={path_whiten} with input_subspace_rank="
+             f"{cfg.input_subspace_rank}: the subspace filter whitens the path's input already; "
+             "use one of them")
     if _bands_below_nyquist(cfg, "sensor_power_path_bands") and not cfg.sensor_power_path:
         fail(f"sensor_power_path_bands={cfg.sensor_power_path_bands!r} needs "
              "sensor_power_path=True")

@@ -84,7 +84,7 @@ def whitening_matrix(
     Parameters
     ----------
     covariance : torch.Tensor
-        ``(C, C)`` symmetric.
+        ``(..., C, C)`` symmetric (a batch of covariances gives a batch of matrices).
     shrinkage : float
         Added to the eigenvalues, in units of their mean.
     rank : int or None
@@ -92,14 +92,103 @@ def whitening_matrix(
     """
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
     eigenvalues = eigenvalues.clamp(min=0)
-    ridge = shrinkage * eigenvalues.mean().clamp(min=1e-12)
+    ridge = shrinkage * eigenvalues.mean(dim=-1, keepdim=True).clamp(min=1e-12)
     if rank is not None:
-        eigenvalues, eigenvectors = eigenvalues[-rank:], eigenvectors[:, -rank:]
+        eigenvalues, eigenvectors = eigenvalues[..., -rank:], eigenvectors[..., -rank:]
     scale = (eigenvalues + ridge).rsqrt()
-    return ((eigenvectors * scale) @ eigenvectors.t()).float()
+    return ((eigenvectors * scale.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)).float()
 
 
-class PrincipalSubspaceWhitening(nn.Module):
+def kept_sensor_whitening(
+    covariance: torch.Tensor, kept: torch.Tensor, shrinkage: float
+) -> torch.Tensor:
+    """For each crop, the shrunk whitening of the covariance of its kept sensors only.
+
+    Sensor masking zeroes different sensors in each crop; a whitening of all sensors would
+    then miss the zeroed sensors' share of every strong component, which is what it
+    subtracts. Here each crop's matrix whitens the block of ``covariance`` between its kept
+    sensors (shrunk by ``shrinkage`` times that block's mean eigenvalue) and is zero in the
+    rows and columns of the others.
+
+    Parameters
+    ----------
+    covariance : torch.Tensor
+        ``(C, C)`` sensor covariance of complete crops.
+    kept : torch.Tensor
+        ``(B, C)`` boolean, True for the sensors a crop kept.
+    shrinkage : float
+        Added to the kept block's eigenvalues, in units of their mean.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, C)`` float32.
+    """
+    keep = kept.double()
+    pairs = keep.unsqueeze(-1) * keep.unsqueeze(-2)
+    block = covariance.double() * pairs
+    mean_eigenvalue = block.diagonal(dim1=-2, dim2=-1).sum(-1) / keep.sum(-1).clamp(min=1)
+    # the dropped sensors' diagonal at the kept block's mean eigenvalue: the whole matrix has
+    # the block's mean eigenvalue (so its ridge), and a block-diagonal matrix's whitening is
+    # block-diagonal (the dropped block's is zeroed below)
+    block = block + torch.diag_embed((1 - keep) * mean_eigenvalue.unsqueeze(-1))
+    return whitening_matrix(block, shrinkage) * pairs.float()
+
+
+class RunningSensorCovariance(nn.Module):
+    """A running average of the sensor covariance of training crops (saved in checkpoints).
+
+    Updated by the model's pre-training forward from the crops as they come from the data
+    (:meth:`update`), before sensor masking or a pretext view alters them. A model that never
+    trained has no estimate: :meth:`covariance` then returns a batch's own.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of sensors ``C``.
+    momentum : float
+        Weight of each training batch in the running covariance, in (0, 1].
+    """
+
+    def __init__(self, in_channels: int, momentum: float = 0.01) -> None:
+        super().__init__()
+        if not 0 < momentum <= 1:
+            raise ValueError(f"momentum={momentum}: must be in (0, 1]")
+        self.momentum = float(momentum)
+        self.register_buffer("running_covariance", torch.eye(in_channels))
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def batch_covariance(
+        x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Sensor covariance of a batch, each crop's sensor mean removed (padding excluded)."""
+        return sensor_covariance(centre_crops(x, padding_mask)[0], padding_mask)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
+        """Fold a training batch ``(B, C, T)`` into the running covariance.
+
+        The first batch replaces the identity it starts from; later ones move it by
+        ``momentum``.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            covariance = self.batch_covariance(x.float(), padding_mask)
+            if int(self.batches_seen) == 0:
+                self.running_covariance.copy_(covariance)
+            else:
+                self.running_covariance.lerp_(covariance, self.momentum)
+            self.batches_seen += 1
+
+    def covariance(self, x: torch.Tensor) -> torch.Tensor:
+        """The running covariance (float32), or ``x``'s batch covariance while no training
+        batch has been folded in (a model that never trained)."""
+        if int(self.batches_seen) == 0:
+            return self.batch_covariance(x.float())
+        return self.running_covariance.float()
+
+
+class PrincipalSubspaceWhitening(RunningSensorCovariance):
     """``(B, C, T) -> (B, C, T)``: projection onto the whitened top-``rank`` sensor subspace.
 
     Parameters
@@ -117,50 +206,20 @@ class PrincipalSubspaceWhitening(nn.Module):
     def __init__(
         self, in_channels: int, rank: int, shrinkage: float = 1.0, momentum: float = 0.01
     ) -> None:
-        super().__init__()
         if not 1 <= rank <= in_channels:
             raise ValueError(f"rank={rank}: must be in 1..{in_channels} (the sensors)")
         if not shrinkage >= 0:
             raise ValueError(f"shrinkage={shrinkage}: must be >= 0")
-        if not 0 < momentum <= 1:
-            raise ValueError(f"momentum={momentum}: must be in (0, 1]")
-        self.rank, self.shrinkage, self.momentum = rank, float(shrinkage), float(momentum)
-        self.register_buffer("running_covariance", torch.eye(in_channels))
-        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
-
-    @staticmethod
-    def batch_covariance(
-        x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """Sensor covariance of a batch, each crop's sensor mean removed (padding excluded)."""
-        return sensor_covariance(centre_crops(x, padding_mask)[0], padding_mask)
+        super().__init__(in_channels, momentum)
+        self.rank, self.shrinkage = rank, float(shrinkage)
 
     def matrix(self, covariance: torch.Tensor) -> torch.Tensor:
         """``W`` for a covariance (float32, ``(C, C)``)."""
         return whitening_matrix(covariance, self.shrinkage, self.rank)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> None:
-        """Fold a training batch ``(B, C, T)`` into the running covariance.
-
-        The first batch replaces the identity it starts from; later ones move it by
-        ``momentum``.
-        """
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            covariance = self.batch_covariance(x.float(), padding_mask)
-            if int(self.batches_seen) == 0:
-                self.running_covariance.copy_(covariance)
-            else:
-                self.running_covariance.lerp_(covariance, self.momentum)
-            self.batches_seen += 1
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Filter ``(B, C, T)`` sensors with the running covariance (a batch's own covariance
         while no batch has been folded in: a model that never trained)."""
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            if int(self.batches_seen) == 0:
-                covariance = self.batch_covariance(x.float())
-            else:
-                covariance = self.running_covariance
-            matrix = self.matrix(covariance)
+            matrix = self.matrix(self.covariance(x))
         return torch.einsum("dc,bct->bdt", matrix.to(x.dtype), x)
