@@ -1,4 +1,5 @@
-"""A spatial front end that keeps the principal subspace of the sensors, whitened.
+"""Spatial whitening of the sensors: a front end that keeps their principal subspace, and
+the running covariance and per-crop whitenings it and the power path use.
 
 Notes
 -----
@@ -13,12 +14,14 @@ input onto the top ``rank`` principal directions of the sensor covariance and wh
 V_k^T``, a ``(C, C)`` matrix of rank ``k``. This is the "virtual sensors" step of MEG
 pipelines (PCA after MaxFilter, MNE's ``UnsupervisedSpatialFilter``) inside the model.
 
-The covariance is a running average over training batches (like BatchNorm's statistics; saved
-in checkpoints), updated by the model's pre-training forward from the crops as they come from
-the data (:meth:`PrincipalSubspaceWhitening.update`), before sensor masking or a pretext
-view alters them; the filter's own forward only reads it. ``W`` is invariant to the signs
-and rotations of the eigenvectors inside the subspace, so it changes smoothly as the
-estimate improves. A model that has never trained (random-init baselines) uses each batch's
+The covariance is a running average over training batches (:class:`RunningSensorCovariance`,
+like BatchNorm's statistics; saved in checkpoints), updated by the model's pre-training
+forward from the crops as they come from the data (:meth:`RunningSensorCovariance.update`),
+before sensor masking or a pretext view alters them; the filter's own forward only reads it.
+The power path's whitened sensors (``sensor_power_path_whiten``) use the same statistics, each
+crop whitened over the sensors that sensor masking kept (:func:`kept_sensor_whitening`).
+``W`` is invariant to the signs and rotations of the eigenvectors inside the subspace, so it
+changes smoothly as the estimate improves. A model that has never trained (random-init baselines) uses each batch's
 own covariance.
 """
 
