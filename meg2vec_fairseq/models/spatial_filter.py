@@ -21,8 +21,8 @@ before sensor masking or a pretext view alters them; the filter's own forward on
 The power path's whitened sensors (``sensor_power_path_whiten``) use the same statistics, each
 crop whitened over the sensors that sensor masking kept (:func:`kept_sensor_whitening`).
 ``W`` is invariant to the signs and rotations of the eigenvectors inside the subspace, so it
-changes smoothly as the estimate improves. A model that has never trained (random-init baselines) uses each batch's
-own covariance.
+changes smoothly as the estimate improves. A model that has never trained (random-init
+baselines) uses each batch's own covariance.
 """
 
 from typing import Optional, Tuple
