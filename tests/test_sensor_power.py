@@ -346,6 +346,11 @@ def test_whitened_power_path_covariance_comes_from_complete_training_crops():
                                RunningSensorCovariance.batch_covariance(source))
     model(source, mask=False, features_only=True)
     assert int(statistics.batches_seen) == 1
+    half = RunningSensorCovariance(8).to(torch.bfloat16)  # fairseq's bf16 mode: buffers too
+    for _ in range(2):
+        half.update(source.to(torch.bfloat16))
+    torch.testing.assert_close(half.covariance(source), statistics.running_covariance,
+                               atol=0.05, rtol=0.02)
     model.eval()
     with torch.no_grad():
         with_path = model(source, mask=False, features_only=True)["x"]

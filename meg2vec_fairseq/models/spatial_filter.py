@@ -180,7 +180,9 @@ class RunningSensorCovariance(nn.Module):
             if int(self.batches_seen) == 0:
                 self.running_covariance.copy_(covariance)
             else:
-                self.running_covariance.lerp_(covariance, self.momentum)
+                # float32 arithmetic even where fairseq's bf16/fp16 mode converted the buffer
+                self.running_covariance.copy_(
+                    torch.lerp(self.running_covariance.float(), covariance, self.momentum))
             self.batches_seen += 1
 
     def covariance(self, x: torch.Tensor) -> torch.Tensor:
