@@ -16,6 +16,7 @@ from fairseq.dataclass.utils import merge_with_parent
 from meg_fixtures import parse_fairseq_log, run_command
 from omegaconf import OmegaConf
 from test_model import SMALL, build_meg2vec
+from test_sensor_power import weak_burst_under_shared_rhythm
 
 from meg2vec_fairseq.models.band_power import BandPowerTargets
 from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel, conv_frame_geometry
@@ -760,15 +761,8 @@ def test_frame_power_whiten_lifts_a_weak_burst_above_a_strong_shared_rhythm():
     from meg2vec_fairseq.models.spatial_filter import centre_crops
     from meg2vec_fairseq.models.targets import spatial_whitening
 
-    generator = torch.Generator().manual_seed(0)
-    b, c, t = 4, 6, 600
-    time = torch.arange(t) / 250.0
-    phases = torch.rand(2, b, 1, 1, generator=generator) * 6
-    envelope = 1 + 0.8 * torch.sin(2 * math.pi * 0.7 * time + phases[0])
-    rhythm = 5 * envelope * torch.sin(2 * math.pi * 10 * time + phases[1])
-    source = 0.1 * torch.randn(b, c, t, generator=generator)
-    source = source + rhythm * torch.linspace(0.8, 1.2, c).view(1, c, 1)
-    source[:, 2, 300:375] += 0.5 * torch.sin(2 * math.pi * 25 * time[:75])
+    source = weak_burst_under_shared_rhythm()
+    b, c, t = source.shape
     plain = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True)
     whitened = FramePowerTargets(16, c, receptive_field=10, stride=5, with_mean=True,
                                  power_whiten=0.01)

@@ -10,6 +10,22 @@ from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 from meg2vec_fairseq.models.sensor_power import SensorPowerPath, frame_log_power
 
 
+def weak_burst_under_shared_rhythm() -> torch.Tensor:
+    """``(4, 6, 600)`` crops at 250 Hz: a strong 10-Hz rhythm with a slow envelope common to
+    every sensor (gains 0.8-1.2), weak white noise, and a weak 25-Hz burst on sensor 2 over
+    samples 300-375 (frames 60-73 of a 10-sample window with hop 5)."""
+    generator = torch.Generator().manual_seed(0)
+    b, c, t = 4, 6, 600
+    time = torch.arange(t) / 250.0
+    phases = torch.rand(2, b, 1, 1, generator=generator) * 6
+    envelope = 1 + 0.8 * torch.sin(2 * math.pi * 0.7 * time + phases[0])
+    rhythm = 5 * envelope * torch.sin(2 * math.pi * 10 * time + phases[1])
+    source = 0.1 * torch.randn(b, c, t, generator=generator)
+    source = source + rhythm * torch.linspace(0.8, 1.2, c).view(1, c, 1)
+    source[:, 2, 300:375] += 0.5 * torch.sin(2 * math.pi * 25 * time[:75])
+    return source
+
+
 def test_frame_log_power_follows_each_sensors_power_and_marks_constant_frames():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 400)
@@ -290,15 +306,8 @@ def test_whitened_power_path_lifts_a_weak_burst_under_a_strong_shared_rhythm():
     own power; whitened, the burst's frames stand out. A sensor zeroed in a crop (sensor
     masking) stays out: the crop is whitened over its kept sensors, and the zeroed sensor's
     values are 0. The own powers are those of the path without whitening."""
-    generator = torch.Generator().manual_seed(0)
-    b, c, t = 4, 6, 600
-    time = torch.arange(t) / 250.0
-    phases = torch.rand(2, b, 1, 1, generator=generator) * 6
-    envelope = 1 + 0.8 * torch.sin(2 * math.pi * 0.7 * time + phases[0])
-    rhythm = 5 * envelope * torch.sin(2 * math.pi * 10 * time + phases[1])
-    source = 0.1 * torch.randn(b, c, t, generator=generator)
-    source = source + rhythm * torch.linspace(0.8, 1.2, c).view(1, c, 1)
-    source[:, 2, 300:375] += 0.5 * torch.sin(2 * math.pi * 25 * time[:75])
+    source = weak_burst_under_shared_rhythm()
+    b, c, t = source.shape
     plain = SensorPowerPath(c, feature_dim=8, receptive_field=10, stride=5).eval()
     path = SensorPowerPath(c, feature_dim=8, receptive_field=10, stride=5, whiten=0.01).eval()
     assert path.mix.in_channels == 2 * c and (path.mix.weight == 0).all()
