@@ -170,9 +170,9 @@ class SensorPowerPath(nn.Module):
         return torch.einsum("bdc,bct->bdt", matrix, x)
 
     def standardised_log_power(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T)`` -> ``(B, C * (1 + n_bands), frames)`` log power standardised per
-        sensor and band (frames without power 0); in training mode the running statistics
-        are updated."""
+        """``(B, C, T)`` -> ``(B, C * (1 + n_bands + whitened), frames)``: the values of
+        :meth:`log_power` standardised each on its own (frames without power 0); in training
+        mode the running statistics are updated."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             log_power, defined = self.log_power(x.float())
             if self.training or int(self.batches_seen) == 0:
