@@ -30,6 +30,7 @@ PLAIN_WAV2VEC2_MODEL = {
     "cnn_frame_power": False,
     "encoder_frame_power": False,
     "sensor_power_path": False,
+    "sensor_power_path_whiten": 0,
 }
 
 

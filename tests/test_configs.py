@@ -47,6 +47,8 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     assert list(load(name).criterion.loss_weights)[2:] == [1.0, 1.0]
     # each sensor's frame power enters the conv output before mixing (round 31)
     assert model.sensor_power_path is True
+    # ... with the powers of the whitened sensors too (rounds 39-40)
+    assert model.sensor_power_path_whiten == 0.1
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -21,9 +21,10 @@ rhythm's (de)synchronisation, which broadband power dilutes) enters the map too.
 (the running covariance of complete training crops, shrunk): in a whitened sensor a weak field
 outside the strong components is not summed with them, which sensor-level power alone still
 does where a sensor sees both (research log round 38c: a fixed code of whitened powers
-probes the fourth setting's events at 0.856 against 0.804 for the own powers; round 39: the
-option lifts the fourth and sixth settings' events, and with whitened frame-power targets
-takes them above raw, but costs two settings' state, so it is off). Sensor masking
+probes the fourth setting's events at 0.856 against 0.804 for the own powers; rounds 39-40:
+it lifts the fourth and sixth settings' events and keeps every setting's state, so the
+shipped configs turn it on; with whitened frame-power targets too it costs three settings'
+state). Sensor masking
 zeroes different sensors per crop, so each crop is whitened over its kept sensors only
 (:func:`.spatial_filter.kept_sensor_whitening`).
 """
