@@ -784,6 +784,27 @@ def test_frame_power_whiten_lifts_a_weak_burst_above_a_strong_shared_rhythm():
     assert contrast(white) > 1.0 > 2 * contrast(own)
 
 
+def test_frame_power_whiten_weight_scales_the_whitened_share_of_the_squared_error():
+    """``power_whiten_weight``: the whitened powers' targets are the unit-weight ones times its
+    square root, the own powers unchanged, so a linear head's loss on that block (here the
+    loss of a head that predicts zeros) is the weight times the unit-weight one."""
+    from meg2vec_fairseq.models.frame_power import FramePowerTargets
+
+    source = weak_burst_under_shared_rhythm()
+    c = source.shape[1]
+    unit = FramePowerTargets(16, c, receptive_field=10, stride=5, power_whiten=0.01)
+    light = FramePowerTargets(16, c, receptive_field=10, stride=5, power_whiten=0.01,
+                              power_whiten_weight=0.25)
+    unit_targets, light_targets = unit.targets(source), light.targets(source)
+    torch.testing.assert_close(light_targets[..., :c], unit_targets[..., :c])
+    torch.testing.assert_close(light_targets[..., c:], 0.5 * unit_targets[..., c:])
+    assert float(light_targets[..., c:].pow(2).mean()) == pytest.approx(
+        0.25 * float(unit_targets[..., c:].pow(2).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match=r"power_whiten_weight=0\.0: must be > 0"):
+        FramePowerTargets(16, c, receptive_field=10, stride=5, power_whiten=0.01,
+                          power_whiten_weight=0.0)
+
+
 def test_frame_power_bands_tell_a_burst_from_a_rhythm_at_another_frequency():
     """With bands, a 25-Hz burst on sensor 1 raises that sensor's 13-30 Hz frame power and not
     its 8-13 Hz one; the head regresses sensors x bands values (sensor-major)."""
@@ -1096,6 +1117,10 @@ def test_model_in_bfloat16_trains(options):
          r"frame_power_whiten=0\.5 needs cnn_frame_power=True"),
         ({"cnn_frame_power": True, "frame_power_whiten": -1.0},
          r"frame_power_whiten=-1\.0: must be >= 0"),
+        ({"cnn_frame_power": True, "frame_power_whiten_weight": 0.5},
+         r"frame_power_whiten_weight=0\.5 needs frame_power_whiten > 0"),
+        ({"cnn_frame_power": True, "frame_power_whiten": 0.1, "frame_power_whiten_weight": -1.0},
+         r"frame_power_whiten_weight=-1\.0: must be > 0"),
         ({"cnn_frame_power_before_path": True, "sensor_power_path": True},
          "cnn_frame_power_before_path=True needs sensor_power_path=True and cnn_frame_power"),
         ({"cnn_frame_power_before_path": True, "cnn_frame_power": True},

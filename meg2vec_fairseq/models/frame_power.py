@@ -27,7 +27,10 @@ noise-covariance whitening; whitened, a weak evoked field outside them weighs as
 sensor a weak field's power is not summed with the strong components' (a fixed 128-wide code
 of it probes the fourth setting's events at 0.856 against 0.804 unwhitened), but a sustained
 state that changes the strong components' power (alpha desynchronisation) fades there (state
-0.804 against 0.932; round 38c), so the sensors' own powers stay.
+0.804 against 0.932; round 38c), so the sensors' own powers stay. ``power_whiten_weight``
+sets the whitened powers' share of the squared error: they are harder to regress than the own
+powers (standardised loss 0.65-0.75 against 0.25-0.35, round 39), so at equal weight they take
+most of the heads' fit.
 """
 
 from typing import Optional, Sequence, Tuple
@@ -67,12 +70,18 @@ class FramePowerTargets(MaskedRegressionHead):
     power_whiten : float
         If > 0, the log variances of the sensors whitened with this shrinkage are regressed
         too, after each sensor's own; 0 (default): the sensors' own only.
+    power_whiten_weight : float
+        With ``power_whiten``: the whitened powers' standardised targets are multiplied by the
+        square root of this, so that a linear head's squared error on them (and the gradient
+        they send into the encoder) is this many times what it is at unit scale; 1 (default):
+        the same weight as the own powers.
     """
 
     def __init__(self, feature_dim: int, in_channels: int, receptive_field: int,
                  stride: int, bands: Sequence[Tuple[float, float]] = (),
                  sample_rate: Optional[float] = None, with_mean: bool = False,
-                 mean_whiten: float = 0.0, power_whiten: float = 0.0) -> None:
+                 mean_whiten: float = 0.0, power_whiten: float = 0.0,
+                 power_whiten_weight: float = 1.0) -> None:
         powers = max(1, len(bands)) * (1 + int(power_whiten > 0))
         super().__init__(feature_dim, in_channels * (powers + int(with_mean)))
         if bands and not sample_rate:
@@ -82,6 +91,8 @@ class FramePowerTargets(MaskedRegressionHead):
                 raise ValueError(f"{name}={value}: must be >= 0 (0 = off)")
         if mean_whiten > 0 and not with_mean:
             raise ValueError("mean_whiten > 0 needs with_mean (the means it whitens)")
+        if not power_whiten_weight > 0:
+            raise ValueError(f"power_whiten_weight={power_whiten_weight}: must be > 0")
         self.receptive_field = receptive_field
         self.stride = stride
         self.bands = [(float(low), float(high)) for low, high in bands]
@@ -89,6 +100,7 @@ class FramePowerTargets(MaskedRegressionHead):
         self.with_mean = with_mean
         self.mean_whiten = float(mean_whiten)
         self.power_whiten = float(power_whiten)
+        self.power_whiten_weight = float(power_whiten_weight)
 
     @torch.no_grad()
     def targets(
@@ -97,7 +109,8 @@ class FramePowerTargets(MaskedRegressionHead):
         """``(B, C, T)`` -> ``(B, frames, C * (max(1, n_bands) * (1 + whitened) +
         with_mean))``: with ``with_mean`` each sensor's frame mean first (``C`` values), then
         the log variance per sensor (sensor-major: sensor 0's bands first), then with
-        ``power_whiten`` the same for the whitened sensors, each standardised over the batch;
+        ``power_whiten`` the same for the whitened sensors, each standardised over the batch
+        (the whitened ones then scaled by ``sqrt(power_whiten_weight)``);
         ``frames = (T - receptive_field) // stride + 1`` (the conv encoder's frame count).
         With ``mean_whiten`` the means are those of the whitened, crop-centred sensors.
 
@@ -112,9 +125,12 @@ class FramePowerTargets(MaskedRegressionHead):
                      if self.with_mean else None)
             values = [] if means is None else [means]
             values.append(self._log_power(x))
-            if self.power_whiten > 0:
-                values.append(self._log_power(_whitened(x, self.power_whiten, padding_mask)))
-            return standardise_frames(torch.cat(values, dim=1).transpose(1, 2))
+            own = standardise_frames(torch.cat(values, dim=1).transpose(1, 2))
+            if self.power_whiten <= 0:
+                return own
+            whitened = self._log_power(_whitened(x, self.power_whiten, padding_mask))
+            whitened = standardise_frames(whitened.transpose(1, 2))
+            return torch.cat([own, whitened * self.power_whiten_weight ** 0.5], dim=2)
 
     def _log_power(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` -> each sensor's frame log variance (in each band, sensor-major):

@@ -376,6 +376,15 @@ class Meg2VecConfig(Wav2Vec2Config):
             "strong components'. Both frame-power heads regress them. 0 = own powers only"
         },
     )
+    frame_power_whiten_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "with frame_power_whiten: the whitened powers' weight in both frame-power "
+            "heads' squared error, relative to the sensors' own powers (their standardised "
+            "targets are scaled by its square root). They are harder to regress (loss 0.65-0.75 "
+            "against 0.25-0.35), so at weight 1 they take most of the heads' fit. Must be > 0"
+        },
+    )
     sensor_power_path: bool = field(
         default=False,
         metadata={
@@ -699,6 +708,7 @@ class Meg2VecModel(Wav2Vec2Model):
                 with_mean=bool(getattr(cfg, "frame_power_with_mean", False)),
                 mean_whiten=float(getattr(cfg, "frame_mean_whiten", 0.0)),
                 power_whiten=float(getattr(cfg, "frame_power_whiten", 0.0)),
+                power_whiten_weight=float(getattr(cfg, "frame_power_whiten_weight", 1.0)),
             )
         self.encoder_frame_power: Optional[MaskedRegressionHead] = None
         if getattr(cfg, "encoder_frame_power", False):
@@ -1132,6 +1142,12 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"frame_power_whiten={power_whiten}: must be >= 0 (0 = off)")
     if power_whiten > 0 and not cfg.cnn_frame_power:
         fail(f"frame_power_whiten={power_whiten} needs cnn_frame_power=True (its targets)")
+    whiten_weight = getattr(cfg, "frame_power_whiten_weight", 1.0)
+    if not whiten_weight > 0:
+        fail(f"frame_power_whiten_weight={whiten_weight}: must be > 0")
+    if whiten_weight != 1.0 and not power_whiten > 0:
+        fail(f"frame_power_whiten_weight={whiten_weight} needs frame_power_whiten > 0 (the "
+             "powers it weighs)")
     path_whiten = getattr(cfg, "sensor_power_path_whiten", 0.0)
     if not path_whiten >= 0:
         fail(f"sensor_power_path_whiten={path_whiten}: must be >= 0 (0 = off)")
