@@ -909,6 +909,31 @@ def test_encoder_frame_power_reads_the_transformer_output_of_the_unmasked_frames
     assert not any("frame_power" in k for k in model.state_dict())
 
 
+def test_encoder_frame_power_whiten_false_narrows_the_transformer_head_to_the_own_powers():
+    """``encoder_frame_power_whiten=False``: the convolutions' head regresses own and whitened
+    powers (sensors x 2), the Transformer's head the own powers only, scored against the
+    targets' first half; the extra losses stay the same four."""
+    torch.manual_seed(0)
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+                          encoder_frame_power=True, frame_power_whiten=0.1,
+                          encoder_frame_power_whiten=False).train()
+    assert model.frame_power.head.out_features == 16
+    assert model.encoder_frame_power.head.out_features == model.frame_power.own_dim == 8
+    scored = []
+    loss_fn = model.encoder_frame_power.loss
+    model.encoder_frame_power.loss = lambda encoded, frames, targets: (
+        scored.append(targets) or loss_fn(encoded, frames, targets))
+    targets_fn = model.frame_power.targets
+    full = []
+    model.frame_power.targets = lambda *args: full.append(targets_fn(*args)) or full[-1]
+    out = model(batch()["net_input"]["source"])
+    torch.testing.assert_close(scored[0], full[0][..., :8])
+    assert len(model.get_extra_losses(out)) == 4
+    del model.encoder_frame_power.loss, model.frame_power.targets
+    loss, _, logging = criterion([1.0, 10, 1.0, 1.0])(model, batch())
+    assert torch.isfinite(loss) and logging["loss_3"] > 0
+
+
 def test_frame_power_with_mean_doubles_both_heads_and_adds_no_loss():
     """``frame_power_with_mean``: the CNN and encoder frame-power heads regress sensors x 2
     values (means, then powers); the extra losses stay the same four."""
@@ -1117,6 +1142,10 @@ def test_model_in_bfloat16_trains(options):
          r"frame_power_whiten=0\.5 needs cnn_frame_power=True"),
         ({"cnn_frame_power": True, "frame_power_whiten": -1.0},
          r"frame_power_whiten=-1\.0: must be >= 0"),
+        ({"cnn_frame_power": True, "encoder_frame_power": True,
+          "encoder_frame_power_whiten": False},
+         "encoder_frame_power_whiten=False needs frame_power_whiten > 0 and "
+         "encoder_frame_power=True"),
         ({"cnn_frame_power": True, "frame_power_whiten_weight": 0.5},
          r"frame_power_whiten_weight=0\.5 needs frame_power_whiten > 0"),
         ({"cnn_frame_power": True, "frame_power_whiten": 0.1, "frame_power_whiten_weight": -1.0},

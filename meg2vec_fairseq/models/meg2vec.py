@@ -385,6 +385,16 @@ class Meg2VecConfig(Wav2Vec2Config):
             "against 0.25-0.35), so at weight 1 they take most of the heads' fit. Must be > 0"
         },
     )
+    encoder_frame_power_whiten: bool = field(
+        default=True,
+        metadata={
+            "help": "with frame_power_whiten and encoder_frame_power: the Transformer's "
+            "frame-power head regresses the whitened sensors' powers too; false: only the "
+            "convolutions' head does, and the Transformer's regresses the means and own "
+            "powers, so the width of the output that features are read from is not asked "
+            "for the whitened read-out"
+        },
+    )
     sensor_power_path: bool = field(
         default=False,
         metadata={
@@ -713,7 +723,10 @@ class Meg2VecModel(Wav2Vec2Model):
         self.encoder_frame_power: Optional[MaskedRegressionHead] = None
         if getattr(cfg, "encoder_frame_power", False):
             self.encoder_frame_power = MaskedRegressionHead(
-                cfg.encoder_embed_dim, self.frame_power.head.out_features
+                cfg.encoder_embed_dim,
+                self.frame_power.head.out_features
+                if getattr(cfg, "encoder_frame_power_whiten", True)
+                else self.frame_power.own_dim,
             )
 
     @classmethod
@@ -857,7 +870,8 @@ class Meg2VecModel(Wav2Vec2Model):
                 result["encoder_frame_power_loss"] = self.encoder_frame_power.loss(
                     captured[-1],
                     self._unmasked_frames(captured[-1], result.get("padding_mask")),
-                    frame_power_targets,
+                    # its head's width: all targets, or those before the whitened powers
+                    frame_power_targets[..., : self.encoder_frame_power.head.out_features],
                 )
             return result
         finally:
@@ -1142,6 +1156,11 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
         fail(f"frame_power_whiten={power_whiten}: must be >= 0 (0 = off)")
     if power_whiten > 0 and not cfg.cnn_frame_power:
         fail(f"frame_power_whiten={power_whiten} needs cnn_frame_power=True (its targets)")
+    if not getattr(cfg, "encoder_frame_power_whiten", True) and not (
+        power_whiten > 0 and getattr(cfg, "encoder_frame_power", False)
+    ):
+        fail("encoder_frame_power_whiten=False needs frame_power_whiten > 0 and "
+             "encoder_frame_power=True (the head and targets it narrows)")
     whiten_weight = getattr(cfg, "frame_power_whiten_weight", 1.0)
     if not whiten_weight > 0:
         fail(f"frame_power_whiten_weight={whiten_weight}: must be > 0")
