@@ -32,7 +32,9 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   from the Transformer's output at the unmasked frames, so its layers keep it too
   (``encoder_frame_power``); each sensor's frame mean as a target beside its power
   (``frame_power_with_mean``, optionally of the spatially whitened sensors:
-  ``frame_mean_whiten``); the spatially whitened sensors' powers too (``frame_power_whiten``);
+  ``frame_mean_whiten``); the spatially whitened sensors' powers too (``frame_power_whiten``,
+  with their weight ``frame_power_whiten_weight``, for the convolutions' head alone with
+  ``encoder_frame_power_whiten=False``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
