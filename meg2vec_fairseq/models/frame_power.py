@@ -28,9 +28,8 @@ sensor a weak field's power is not summed with the strong components' (a fixed 1
 of it probes the fourth setting's events at 0.856 against 0.804 unwhitened), but a sustained
 state that changes the strong components' power (alpha desynchronisation) fades there (state
 0.804 against 0.932; round 38c), so the sensors' own powers stay. ``power_whiten_weight``
-sets the whitened powers' share of the squared error: they are harder to regress than the own
-powers (standardised loss 0.65-0.75 against 0.25-0.35, round 39), so at equal weight they take
-most of the heads' fit.
+sets the whitened powers' share of the squared error (round 41a: at 0.25 the events gained and
+the state lost moved about linearly between weights 0 and 1, a trade, not a gain).
 """
 
 from typing import Optional, Sequence, Tuple
