@@ -81,11 +81,11 @@ class FramePowerTargets(MaskedRegressionHead):
                  sample_rate: Optional[float] = None, with_mean: bool = False,
                  mean_whiten: float = 0.0, power_whiten: float = 0.0,
                  power_whiten_weight: float = 1.0) -> None:
-        per_sensor = max(1, len(bands)) + int(with_mean)
-        #: targets before the whitened powers (the means and own powers), which come first
-        self.own_dim = in_channels * per_sensor
-        super().__init__(feature_dim, self.own_dim + in_channels * max(1, len(bands))
+        own_dim = in_channels * (max(1, len(bands)) + int(with_mean))
+        super().__init__(feature_dim, own_dim + in_channels * max(1, len(bands))
                          * int(power_whiten > 0))
+        #: targets before the whitened powers (the means and own powers), which come first
+        self.own_dim = own_dim
         if bands and not sample_rate:
             raise ValueError("frame-power bands need the input's sample rate")
         for name, value in (("mean_whiten", mean_whiten), ("power_whiten", power_whiten)):
