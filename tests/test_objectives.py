@@ -934,6 +934,53 @@ def test_encoder_frame_power_whiten_false_narrows_the_transformer_head_to_the_ow
     assert torch.isfinite(loss) and logging["loss_3"] > 0
 
 
+def test_encoder_frame_power_whiten_layer_reads_the_whitened_powers_from_that_layer():
+    """``encoder_frame_power_whiten_layer=k``: the Transformer's frame-power head regresses
+    the means and own powers from the last layer and the whitened powers from layer k's
+    output; the one loss is the mean over all targets, its whitened part sends no gradient
+    into the layers above k, and the extra losses stay the same four."""
+    torch.manual_seed(0)
+    model = build_meg2vec(in_channels=8, target_codebook_size=64, cnn_frame_power=True,
+                          encoder_frame_power=True, frame_power_whiten=0.1,
+                          encoder_frame_power_whiten_layer=1).train()
+    assert model.encoder_frame_power.head.out_features == model.frame_power.own_dim == 8
+    assert model.encoder_frame_power_whitened.head.out_features == 8
+    read = {}
+    for name, head in (("own", model.encoder_frame_power),
+                       ("whitened", model.encoder_frame_power_whitened)):
+        head.head.register_forward_hook(
+            lambda _m, args, out, name=name: read.update({name: (args[0], out)}))
+    layer_out, last_out = [], []
+    model.encoder.layers[0].register_forward_hook(
+        lambda _m, _args, out: layer_out.append(out[0].transpose(0, 1)))
+    model.encoder.register_forward_hook(lambda _m, _args, out: last_out.append(out[0]))
+    targets_fn = model.frame_power.targets
+    full = []
+    model.frame_power.targets = lambda *args: full.append(targets_fn(*args)) or full[-1]
+    unmasked_fn, scored = model._unmasked_frames, []
+    model._unmasked_frames = lambda *args: scored.append(unmasked_fn(*args)) or scored[-1]
+    out = model(batch()["net_input"]["source"])
+    frames = scored[0]
+    assert 0 < int(frames.sum()) < frames.numel()  # the unmasked frames only
+    torch.testing.assert_close(read["own"][0], last_out[0][frames])
+    torch.testing.assert_close(read["whitened"][0],
+                               layer_out[0][:, : last_out[0].size(1)][frames])
+    targets = full[0][:, : last_out[0].size(1)][frames].float()
+    own_error = (read["own"][1] - targets[:, :8]) ** 2
+    whitened_error = (read["whitened"][1] - targets[:, 8:]) ** 2
+    torch.testing.assert_close(out["encoder_frame_power_loss"],
+                               torch.cat([own_error, whitened_error], dim=1).mean())
+    assert len(model.get_extra_losses(out)) == 4
+    model.zero_grad()
+    whitened_error.mean().backward()
+    assert model.encoder.layers[0].fc2.weight.grad.abs().sum() > 0
+    assert model.encoder.layers[1].fc2.weight.grad is None
+    del model.frame_power.targets, model._unmasked_frames
+    model.remove_pretraining_modules()
+    assert model.encoder_frame_power_whitened is None
+    assert not any("frame_power" in k for k in model.state_dict())
+
+
 def test_frame_power_with_mean_doubles_both_heads_and_adds_no_loss():
     """``frame_power_with_mean``: the CNN and encoder frame-power heads regress sensors x 2
     values (means, then powers); the extra losses stay the same four."""
@@ -1146,6 +1193,16 @@ def test_model_in_bfloat16_trains(options):
           "encoder_frame_power_whiten": False},
          "encoder_frame_power_whiten=False needs frame_power_whiten > 0 and "
          "encoder_frame_power=True"),
+        ({"cnn_frame_power": True, "encoder_frame_power": True, "frame_power_whiten": 0.1,
+          "encoder_frame_power_whiten_layer": 2},
+         r"encoder_frame_power_whiten_layer=2: must be a Transformer layer 1\.\.1"),
+        ({"cnn_frame_power": True, "encoder_frame_power": True, "frame_power_whiten": 0.1,
+          "encoder_frame_power_whiten_layer": -1},
+         r"encoder_frame_power_whiten_layer=-1: must be a Transformer layer"),
+        ({"cnn_frame_power": True, "encoder_frame_power": True,
+          "encoder_frame_power_whiten_layer": 1},
+         "encoder_frame_power_whiten_layer=1 needs frame_power_whiten > 0, "
+         "encoder_frame_power=True and encoder_frame_power_whiten=True"),
         ({"cnn_frame_power": True, "frame_power_whiten_weight": 0.5},
          r"frame_power_whiten_weight=0\.5 needs frame_power_whiten > 0"),
         ({"cnn_frame_power": True, "frame_power_whiten": 0.1, "frame_power_whiten_weight": -1.0},

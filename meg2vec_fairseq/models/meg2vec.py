@@ -34,7 +34,8 @@ wav2vec 2.0, see ``tests/test_model.py``), each a field of :class:`Meg2VecConfig
   (``frame_power_with_mean``, optionally of the spatially whitened sensors:
   ``frame_mean_whiten``); the spatially whitened sensors' powers too (``frame_power_whiten``,
   with their weight ``frame_power_whiten_weight``, for the convolutions' head alone with
-  ``encoder_frame_power_whiten=False``);
+  ``encoder_frame_power_whiten=False``, or read by the Transformer's head from an
+  intermediate layer with ``encoder_frame_power_whiten_layer``);
 * negatives near the positive in time (``negatives_max_distance``);
 * zeroing a random subset of sensors of the context network's input (``mask_sensors_prob``);
 * a spatial front end before the first convolution: the whitened top-k principal subspace of
@@ -399,6 +400,18 @@ class Meg2VecConfig(Wav2Vec2Config):
             "of their events gain (fourth setting 0.839 vs 0.811 without them)"
         },
     )
+    encoder_frame_power_whiten_layer: int = field(
+        default=0,
+        metadata={
+            "help": "with frame_power_whiten, encoder_frame_power and "
+            "encoder_frame_power_whiten: if > 0, the Transformer's frame-power head reads the "
+            "whitened sensors' powers from the output of this Transformer layer (1-based, "
+            "below encoder_layers) and the means and own powers from the last layer, so the "
+            "layers above it are not asked to hold the whitened read-out. The loss stays one "
+            "entry (the mean over all targets, as one head on one layer would score it). "
+            "0 = every target from the last layer"
+        },
+    )
     sensor_power_path: bool = field(
         default=False,
         metadata={
@@ -725,13 +738,21 @@ class Meg2VecModel(Wav2Vec2Model):
                 power_whiten_weight=float(getattr(cfg, "frame_power_whiten_weight", 1.0)),
             )
         self.encoder_frame_power: Optional[MaskedRegressionHead] = None
+        # the whitened powers' part of it when read from an intermediate layer
+        self.encoder_frame_power_whitened: Optional[MaskedRegressionHead] = None
         if getattr(cfg, "encoder_frame_power", False):
+            whiten_layer = getattr(cfg, "encoder_frame_power_whiten_layer", 0)
+            all_targets = (getattr(cfg, "encoder_frame_power_whiten", True)
+                           and not whiten_layer > 0)
             self.encoder_frame_power = MaskedRegressionHead(
                 cfg.encoder_embed_dim,
-                self.frame_power.head.out_features
-                if getattr(cfg, "encoder_frame_power_whiten", True)
-                else self.frame_power.own_dim,
+                self.frame_power.head.out_features if all_targets else self.frame_power.own_dim,
             )
+            if whiten_layer > 0:
+                self.encoder_frame_power_whitened = MaskedRegressionHead(
+                    cfg.encoder_embed_dim,
+                    self.frame_power.head.out_features - self.frame_power.own_dim,
+                )
 
     @classmethod
     def build_model(cls, cfg: Meg2VecConfig, task=None) -> "Meg2VecModel":
@@ -834,12 +855,18 @@ class Meg2VecModel(Wav2Vec2Model):
             conv_handle = None
             if self.frame_power is not None:
                 conv_handle = self._frame_power_input_hook(conv_output)
+            layer_output: List[torch.Tensor] = []
+            layer_handles = []
+            if self.encoder_frame_power_whitened is not None:
+                layer_handles = self._layer_output_hooks(
+                    self.cfg.encoder_frame_power_whiten_layer, layer_output
+                )
             try:
                 result = super().forward(
                     source, padding_mask, mask=mask, features_only=False, **kwargs
                 )
             finally:
-                for hook in (handle, conv_handle):
+                for hook in (handle, conv_handle, *layer_handles):
                     if hook is not None:
                         hook.remove()
             if view is not None:  # the heads read the transformed view, never masked
@@ -871,11 +898,9 @@ class Meg2VecModel(Wav2Vec2Model):
                     features, frames, frame_power_targets
                 )
             if self.encoder_frame_power is not None:
-                result["encoder_frame_power_loss"] = self.encoder_frame_power.loss(
-                    captured[-1],
-                    self._unmasked_frames(captured[-1], result.get("padding_mask")),
-                    # its head's width: all targets, or those before the whitened powers
-                    frame_power_targets[..., : self.encoder_frame_power.head.out_features],
+                result["encoder_frame_power_loss"] = self._encoder_frame_power_loss(
+                    captured[-1], layer_output, result.get("padding_mask"),
+                    frame_power_targets,
                 )
             return result
         finally:
@@ -909,6 +934,46 @@ class Meg2VecModel(Wav2Vec2Model):
             captured.append(norm(output.transpose(1, 2)))
 
         return extractor.stack_output.register_forward_hook(normalise)
+
+    def _layer_output_hooks(
+        self, layer: int, captured: List[torch.Tensor]
+    ) -> List[torch.utils.hooks.RemovableHandle]:
+        """Hooks on the first ``layer`` Transformer layers, each appending its output as
+        ``(B, T, C)``: the last one appended is the residual stream after layer ``layer``,
+        or after the deepest of them that ran when LayerDrop skipped it."""
+        return [
+            block.register_forward_hook(
+                lambda _module, _args, output: captured.append(output[0].transpose(0, 1))
+            )
+            for block in self.encoder.layers[:layer]
+        ]
+
+    def _encoder_frame_power_loss(
+        self,
+        encoded: torch.Tensor,
+        layer_output: List[torch.Tensor],
+        padding_mask: Optional[torch.Tensor],
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """The Transformer's frame-power loss at the unmasked frames.
+
+        Its head scores the targets of its width (all, or those before the whitened
+        powers); with ``encoder_frame_power_whiten_layer`` the whitened powers are scored
+        from that layer's output (``layer_output[-1]``; the last layer's when LayerDrop
+        skipped every layer up to it), and the two errors are averaged over all targets.
+        """
+        frames = self._unmasked_frames(encoded, padding_mask)
+        own = self.encoder_frame_power.head.out_features
+        loss = self.encoder_frame_power.loss(encoded, frames, targets[..., :own])
+        if self.encoder_frame_power_whitened is None:
+            return loss
+        # fairseq pads the layers' input to required_seq_len_multiple: cut to the output's
+        intermediate = layer_output[-1][:, : encoded.size(1)] if layer_output else encoded
+        whitened = self.encoder_frame_power_whitened.head.out_features
+        whitened_loss = self.encoder_frame_power_whitened.loss(
+            intermediate, frames, targets[..., own:]
+        )
+        return (loss * own + whitened_loss * whitened) / (own + whitened)
 
     def _unmasked_frames(
         self, encoded: torch.Tensor, padding_mask: Optional[torch.Tensor]
@@ -1056,6 +1121,7 @@ class Meg2VecModel(Wav2Vec2Model):
         self.teacher = None
         self.frame_power = None
         self.encoder_frame_power = None
+        self.encoder_frame_power_whitened = None
 
 
 def pretext_enabled(cfg: Meg2VecConfig) -> bool:
@@ -1165,6 +1231,16 @@ def validate_objectives(cfg: Meg2VecConfig) -> List[Tuple[float, float]]:
     ):
         fail("encoder_frame_power_whiten=False needs frame_power_whiten > 0 and "
              "encoder_frame_power=True (the head and targets it narrows)")
+    whiten_layer = getattr(cfg, "encoder_frame_power_whiten_layer", 0)
+    if whiten_layer != 0:
+        if not (isinstance(whiten_layer, int) and 0 < whiten_layer < cfg.encoder_layers):
+            fail(f"encoder_frame_power_whiten_layer={whiten_layer}: must be a Transformer "
+                 f"layer 1..{cfg.encoder_layers - 1} (0 = the last layer, the default)")
+        if not (power_whiten > 0 and getattr(cfg, "encoder_frame_power", False)
+                and getattr(cfg, "encoder_frame_power_whiten", True)):
+            fail(f"encoder_frame_power_whiten_layer={whiten_layer} needs frame_power_whiten "
+                 "> 0, encoder_frame_power=True and encoder_frame_power_whiten=True (the "
+                 "targets it moves)")
     whiten_weight = getattr(cfg, "frame_power_whiten_weight", 1.0)
     if not whiten_weight > 0:
         fail(f"frame_power_whiten_weight={whiten_weight}: must be > 0")
