@@ -411,7 +411,9 @@ class Meg2VecConfig(Wav2Vec2Config):
             "entry (the mean over all targets, as one head on one layer would score it). "
             "0 = every target from the last layer. Round 42a (layer 2 of 4, fourth generator "
             "setting): events 0.868 as with both heads on the last layer, state 0.944 vs "
-            "0.987 without whitened targets: the state is lost whichever layer reads them"
+            "0.987 without whitened targets; round 42e: the state is already lower at the "
+            "conv output (0.940 vs 0.961 with the convolutions' head alone), so the "
+            "Transformer's whitened loss costs it through its gradient, whichever layer"
         },
     )
     sensor_power_path: bool = field(
