@@ -633,8 +633,10 @@ def main(argv=None) -> int:
     parser.add_argument("--context", type=float, default=1.0,
                         help="signal each side of the span the models see (s)")
     parser.add_argument("--layers", nargs="+", default=["last", "cnn"],
-                        help="Transformer layers to probe for the checkpoint and random-init "
-                        "(first one is the headline row and the fine-tuned layer)")
+                        help="layers to probe for the checkpoint and random-init: 0-based "
+                        "Transformer layers, 'last', 'cnn' or depths joined by '+' "
+                        "('cnn+last': both side by side); the first is the headline row and "
+                        "the fine-tuned layer")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="probe / fine-tune seeds")
     parser.add_argument("--finetune-fractions", type=float, nargs="*", default=[0.1, 1.0],

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Union
+from typing import Dict
 
 import torch
 
 from .constants import MAX_ABS_VALUE
 from .data.meg_dataset import MegDataError, MegNpyDataset
-from .features import extract_features, load_meg2vec
+from .features import Layer, extract_features, load_meg2vec
 from .io.atomic import atomic_save_npy
 from .io.manifest import write_manifest
 from .models.meg2vec import conv_frame_geometry
@@ -19,7 +19,7 @@ def write_manifest_features(
     checkpoint_path: str,
     manifest_path: str,
     dest: str,
-    layer: Optional[Union[int, str]] = None,
+    layer: Layer = None,
     device: str = "cpu",
 ) -> Dict[str, object]:
     """Extract features of every segment listed in ``manifest_path`` into ``dest``.
@@ -35,7 +35,7 @@ def write_manifest_features(
         fairseq TSV manifest of ``.npy`` segments.
     dest : str
         Output directory; mirrors the manifest's relative paths.
-    layer : int, "cnn" or None
+    layer : int, "cnn", None or tuple of these
         Which representation to write (see :func:`~meg2vec_fairseq.features.extract_features`).
     device : str
         torch device.

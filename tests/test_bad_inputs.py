@@ -175,6 +175,9 @@ CASES = [
      lambda c: _extract(c, c["short"] / "valid.tsv", "a_file/x"), 2, "a_file"),
     ("extract-bad-layer", "extract_features",
      lambda c: _extract(c, c["short"] / "valid.tsv", "feat", "--layer", "top"), 2, "--layer"),
+    ("extract-layer-join-empty", "extract_features",
+     lambda c: _extract(c, c["short"] / "valid.tsv", "feat", "--layer", "cnn+"), 2,
+     "--layer: must be depths joined by '+'"),
     ("extract-short-segment", "extract_features", lambda c: _extract(c, c["short"] / "valid.tsv"),
      1, "valid-001.npy): 40 samples, shorter than the model's receptive field of 60"),
     ("extract-absurd-values", "extract_features", lambda c: _extract(c, c["absurd"] / "valid.tsv"),
@@ -211,6 +214,8 @@ CASES = [
     ("probe-plot-unknown-format", "probe", lambda c: _probe(c, "--plot", str(c["root"] / "p.xyz")),
      2, "unknown plot format 'xyz'"),
     ("probe-bad-layer", "probe", lambda c: _probe(c, "--layer", "top"), 2, "--layer"),
+    ("probe-layer-named-twice", "probe", lambda c: _probe(c, "--layer", "cnn+cnn"), 2,
+     "--layer 'cnn+cnn' names a depth twice"),
     # probe: bad data (exit 1, naming the file and row)
     ("probe-labels-fifo", "probe", lambda c: _probe(c, labels=c["fifo"]), 1,
      "labels file is a FIFO"),

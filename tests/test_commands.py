@@ -132,6 +132,21 @@ def test_extract_features_tool(trained, tmp_path):
     assert np.isfinite(features).all() and features.std() > 0
 
 
+def test_extract_features_tool_writes_two_depths_side_by_side(trained, tmp_path):
+    data, save_dir, _ = trained
+    written = {}
+    for layer in ("cnn", "last", "cnn+last"):
+        dest = tmp_path / layer
+        result = run_command(extract_command(save_dir, data / "valid.tsv", dest, layer))
+        assert result.returncode == 0, result.stderr[-3000:]
+        relative = (dest / "features.tsv").read_text().splitlines()[1].split("\t")[0]
+        written[layer] = np.load(dest / relative)
+    assert written["cnn+last"].shape == (120, 128 + 128)
+    np.testing.assert_allclose(
+        written["cnn+last"], np.hstack([written["cnn"], written["last"]]), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_extract_features_refuses_a_bad_layer(trained, tmp_path):
     data, save_dir, _ = trained
     result = run_command(extract_command(save_dir, data / "valid.tsv", tmp_path, "9"))

@@ -112,6 +112,7 @@ def test_label_fraction_takes_a_stratified_subset(toy):
         ({"options": FinetuneOptions(epochs=0)}, "epochs must be a positive integer"),
         ({"options": FinetuneOptions(lr_head=-1.0)}, "lr_head must be >= 0"),
         ({"options": FinetuneOptions(layer=5)}, "layer 5 out of range"),
+        ({"options": FinetuneOptions(layer=("cnn", 5))}, "layer 5 out of range"),
     ],
 )
 def test_bad_options_raise_one_line_value_errors(toy, kwargs, message):
@@ -185,3 +186,33 @@ def test_meanstd_pooling_reads_each_feature_s_mean_and_std_over_the_span():
                                    rtol=1e-4)
     with pytest.raises(ValueError, match="pooling must be one of mean, meanstd, got 'max'"):
         FinetuneOptions(pooling="max").check()
+
+
+def test_finetuning_reads_several_depths_side_by_side(toy):
+    """``layer=("cnn", None)``: the head sees the pooled conv output and last layer together
+    (the single depths' pooled features side by side), and fine-tuning runs on them."""
+    from meg2vec_fairseq.probing import finetune as ft
+
+    dataset, yaml = toy
+    model, normalize = build_random_model(yaml, seed=0)
+    windows = read_windows(dataset)
+    geometry = conv_frame_geometry(model.cfg.conv_feature_layers)
+    inputs, weights = [], []
+    for x, _y, pools, _order in windows["valid"].groups:
+        w = ft._pool_weights(pools, ft._frame_count(model, x.shape[-1]), *geometry)
+        inputs.append(torch.from_numpy(x))
+        weights.append(torch.from_numpy(w.astype(np.float32)))
+
+    def pooled(layer):
+        classifier = ft._Classifier(model, 2, layer, normalize, pooling="mean")
+        return classifier, ft._pooled_features(classifier, windows["valid"], weights, inputs, 16)
+
+    combined, both = pooled(("cnn", None))
+    assert combined.head.in_features == 32 + 32  # conv width 32, Transformer 32
+    np.testing.assert_allclose(both, np.hstack([pooled("cnn")[1], pooled(None)[1]]),
+                               rtol=1e-5, atol=1e-6)
+    options = FinetuneOptions(epochs=1, batch_size=16, layer=("cnn", None))
+    result = finetune(dataset, model, normalize, 1.0, seed=0, options=options)
+    chance = chance_levels(dataset.labels("test"), 2)
+    assert result["macro_f1"] > chance["macro_f1"] + 0.1, result
+    assert len(result["valid_curve"]) == 2  # LP-FT's epoch 0 + one epoch

@@ -21,7 +21,7 @@ from meg2vec_fairseq.features import parse_layer
 
 
 def layer_option(text: str):
-    """argparse type of ``--layer``: an integer, 'last' or 'cnn'."""
+    """argparse type of ``--layer``: an integer, 'last', 'cnn' or depths joined by '+'."""
     try:
         return parse_layer(text)
     except ValueError as err:
@@ -40,8 +40,9 @@ def main(argv=None) -> int:
         "--layer",
         default="last",
         type=layer_option,
-        help="Transformer layer to read (0-based integer), 'last' (default) or 'cnn' for the "
-        "convolutional encoder output",
+        help="Transformer layer to read (0-based integer), 'last' (default), 'cnn' for the "
+        "convolutional encoder output, or depths joined by '+' whose features are written side "
+        "by side ('cnn+last')",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args(argv)

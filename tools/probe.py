@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "checkpoint whose saved config is used")
     src.add_argument("--raw", action="store_true", help="the preprocessed sensors themselves")
     src.add_argument("--layer", default="last",
-                     help="Transformer layer (0-based), 'last' (default) or 'cnn'")
+                     help="Transformer layer (0-based), 'last' (default), 'cnn', or depths "
+                     "joined by '+' read side by side ('cnn+last')")
 
     probe = parser.add_argument_group("probe")
     probe.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])

@@ -1313,6 +1313,12 @@ def conv_frame_geometry(conv_feature_layers: str) -> Tuple[int, int]:
     return receptive_field, stride
 
 
+def conv_output_dim(conv_feature_layers: str) -> int:
+    """Channel count of the last convolution of a ``conv_feature_layers`` string (the width of
+    the conv encoder's output frames)."""
+    return eval(conv_feature_layers)[-1][0]  # fairseq's own format
+
+
 def total_stride(conv_feature_layers: str) -> int:
     """Product of the strides of a ``conv_feature_layers`` string."""
     return conv_frame_geometry(conv_feature_layers)[1]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ProbeError
-from ..features import CNN_LAYER, check_layer, zscore_channels
+from ..features import Layer, check_layer, layer_dim, layer_frames, zscore_channels
 from ..models.meg2vec import conv_frame_geometry
 from .classifier import fit_linear_probe, stratified_subset
 from .metrics import balanced_accuracy, confusion_matrix, macro_f1
@@ -31,8 +31,9 @@ class FinetuneOptions:
         AdamW learning rates of the model and of the linear head.
     weight_decay : float
         AdamW weight decay.
-    layer : int, "cnn" or None
-        Layer whose frames are pooled (None: the last Transformer layer).
+    layer : int, "cnn", None or tuple of these
+        Layer whose frames are pooled (None: the last Transformer layer; a tuple: those
+        depths side by side, :func:`~meg2vec_fairseq.features.parse_layer`).
     cnn_grad_mult : float
         Gradient scale into the conv feature encoder.
     probe_init : bool
@@ -46,8 +47,9 @@ class FinetuneOptions:
     lr_encoder: float = 3e-4
     lr_head: float = 1e-3
     weight_decay: float = 0.01
-    #: ``None`` = last Transformer layer, an int = that layer (0-based), ``"cnn"`` = conv output
-    layer: Optional[Union[int, str]] = None
+    #: ``None`` = last Transformer layer, an int = that layer (0-based), ``"cnn"`` = conv output,
+    #: a tuple of these = their frames side by side (``("cnn", None)``)
+    layer: Layer = None
     #: Gradient scale into the conv feature encoder. 1.0 (default) trains it fully, so a
     #: random-init model can learn its front end too (pre-training used 0.1; 0 freezes it).
     cnn_grad_mult: float = 1.0
@@ -167,17 +169,13 @@ class _Classifier(nn.Module):
         self.layer = layer
         self.normalize = normalize
         self.pooling = pooling
-        dim = model.cfg.encoder_embed_dim
-        if layer == CNN_LAYER:
-            dim = eval(model.cfg.conv_feature_layers)[-1][0]  # fairseq's own format
+        dim = layer_dim(model, layer)
         self.head = nn.Linear(2 * dim if pooling == "meanstd" else dim, n_classes)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:  # as the task and ModelSource.frames
             x = zscore_channels(x)
-        layer = None if self.layer in (None, CNN_LAYER) else self.layer
-        output = self.model.extract_features(x, None, mask=False, layer=layer)
-        return output["features"] if self.layer == CNN_LAYER else output["x"]
+        return layer_frames(self.model, x, self.layer)
 
     def pooled(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` span means, or ``(B, 2 D)`` means then stds with ``"meanstd"``;

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..constants import MAX_ABS_VALUE, SFREQ
 from ..errors import ProbeError
+from ..features import Layer
 from .classifier import DEFAULT_C_GRID, check_probe_options, fit_and_score
 from .libribrain_labels import load_libribrain
 from .metrics import chance_levels, summarise
@@ -127,7 +128,7 @@ def probe(
     checkpoint: Optional[str] = None,
     random_init: Optional[str] = None,
     raw: bool = False,
-    layer: Optional[Union[int, str]] = None,
+    layer: Layer = None,
     seeds: Sequence[int] = (0, 1, 2),
     pooling: str = "meanstd",
     train_fraction: float = 0.8,
@@ -168,7 +169,7 @@ def probe(
         fresh weights for every seed: source ``"random-init"``.
     raw : bool
         Source ``"raw"``: the preprocessed sensors.
-    layer : int, "cnn" or None
+    layer : int, "cnn", None or tuple of these
         Layer of the model sources (None: the last Transformer layer).
     seeds, pooling, train_fraction, c_grid
         See :func:`run_probe`.

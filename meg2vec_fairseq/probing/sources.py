@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from ..configs import load_pretraining_config
 from ..constants import N_SENSORS
 from ..errors import CheckpointError, InputError, ProbeError
-from ..features import check_layer
+from ..features import Layer, check_layer, format_layer
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -65,7 +65,7 @@ class ModelSource:
     ----------
     model : Meg2VecModel
         The model (put in eval mode).
-    layer : int, "cnn" or None
+    layer : int, "cnn", None or tuple of these
         Transformer layer (0-based), ``"cnn"`` (conv encoder output) or None (last layer).
     normalize : bool
         z-score each channel of each window over time before the model, as the pre-training
@@ -86,7 +86,7 @@ class ModelSource:
     def __init__(
         self,
         model: Meg2VecModel,
-        layer: Optional[Union[int, str]] = None,
+        layer: Layer = None,
         normalize: bool = False,
         name: str = "model",
         kind: str = "checkpoint",
@@ -144,7 +144,7 @@ class ModelSource:
             "kind": self.kind,
             "name": self.name,
             "origin": self.origin,
-            "layer": "last" if self.layer is None else self.layer,
+            "layer": format_layer(self.layer),
             "normalize": self.normalize,
         }
 
@@ -170,7 +170,7 @@ class SourceSpec:
 
 
 def checkpoint_source(
-    path: str, layer: Optional[Union[int, str]] = None, batch_size: int = 32
+    path: str, layer: Layer = None, batch_size: int = 32
 ) -> ModelSource:
     """A :class:`ModelSource` of a trained checkpoint.
 
@@ -178,7 +178,7 @@ def checkpoint_source(
     ----------
     path : str
         A ``meg2vec`` checkpoint written by ``fairseq-hydra-train``.
-    layer : int, "cnn" or None
+    layer : int, "cnn", None or tuple of these
         Layer read (see :class:`ModelSource`).
     batch_size : int
         Windows per forward pass.
@@ -309,7 +309,7 @@ def build_random_model(
 
 
 def random_init_spec(
-    config: str, layer: Optional[Union[int, str]], in_channels: int, device: str = "cpu",
+    config: str, layer: Layer, in_channels: int, device: str = "cpu",
     name: str = "random-init",
 ) -> SourceSpec:
     """A seeded :class:`SourceSpec` of fresh weights of ``config`` (one draw per seed).
@@ -318,7 +318,7 @@ def random_init_spec(
     ----------
     config : str
         See :func:`meg2vec_config`.
-    layer : int, "cnn" or None
+    layer : int, "cnn", None or tuple of these
         Layer read (see :class:`ModelSource`).
     in_channels : int
         Sensor count of the dataset probed.
