@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -284,9 +285,11 @@ def main(argv=None) -> int:
                         help="pre-train and stop (no probes, no table): e.g. on a GPU visit, "
                         "evaluated later with --reuse-checkpoints")
     parser.add_argument("--reuse-checkpoints", action="store_true",
-                        help="skip the pre-training of runs whose OUT/runs/<variant>-s<k>/"
-                        "seed-<k>/checkpoints/checkpoint_last.pt exists; the evaluation reads "
-                        "the pretrain.log beside checkpoints/, so bring that back too")
+                        help="skip the pre-training of runs that finished: OUT/runs/<variant>-"
+                        "s<k>/seed-<k>/checkpoints/checkpoint_last.pt exists and the "
+                        "pretrain.log beside checkpoints/ has fairseq's 'done training' line "
+                        "(the evaluation reads that log, so bring it back too); an unfinished "
+                        "run is trained again from scratch. Without it every run starts fresh")
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
@@ -346,10 +349,18 @@ def main(argv=None) -> int:
     start = time.time()
     if args.reuse_checkpoints:
         for job in pretrain_jobs:
-            if os.path.isfile(os.path.join(os.path.dirname(job["log"]), "checkpoints",
-                                           "checkpoint_last.pt")):
+            if finished_training(job):
                 job.update(rc=0, wall_s=0.0, reused=True)
     todo = [job for job in pretrain_jobs if not job.get("reused")]
+    for job in todo:
+        # fairseq would resume from a checkpoint_last.pt left in save_dir (an unfinished run,
+        # or a finished one without --reuse-checkpoints): every run trained here starts fresh
+        stale = os.path.join(os.path.dirname(str(job["log"])), "checkpoints")
+        if os.path.isdir(stale):
+            print(f"  {job['name']}: removing the checkpoints of an earlier run ({stale}"
+                  f"{'' if args.reuse_checkpoints else '; --reuse-checkpoints keeps finished ones'}"
+                  ")", flush=True)
+            shutil.rmtree(stale)
     print(f"pre-training {len(todo)} run(s), {args.parallel} at a time ...", flush=True)
     run_jobs(todo, args.parallel, args.threads)
     if args.pretrain_only:
@@ -375,7 +386,8 @@ def main(argv=None) -> int:
 
 
 def finished_training(job: Dict[str, object]) -> bool:
-    """Whether a pre-training job left its final checkpoint, whatever its exit status.
+    """Whether a pre-training job left its final checkpoint, whatever its exit status (before
+    a job runs: whether an earlier run of it finished, for ``--reuse-checkpoints``).
 
     On the H200 three of four ``meg2vec_small`` runs aborted at interpreter exit ("terminate
     called without an active exception", rc -6) after fairseq's ``done training`` line and

@@ -32,11 +32,16 @@ def recorded(monkeypatch, tmp_path):
     return batches, str(variants), tmp_path
 
 
-def touch_checkpoint(out, run: str, seed: int) -> None:
-    """An (empty) checkpoint where ablation.py puts the run's last one."""
+def touch_checkpoint(out, run: str, seed: int, finished: bool = True):
+    """An (empty) checkpoint where ablation.py puts the run's last one, and its pretrain.log,
+    with fairseq's last line if ``finished``; returns the checkpoint's path."""
     checkpoints = out / "runs" / f"{run}-s{seed}" / f"seed-{seed}" / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "checkpoint_last.pt").write_bytes(b"")
+    (checkpoints.parent / "pretrain.log").write_text(
+        "[fairseq_cli.train][INFO] - done training in 906.0 seconds\n" if finished
+        else '[train_inner][INFO] - {"epoch": 3, "num_updates": "410"}\n')
+    return checkpoints / "checkpoint_last.pt"
 
 
 def test_pretrain_only_runs_every_pretraining_and_no_evaluation(recorded):
@@ -61,13 +66,29 @@ def test_reuse_checkpoints_skips_the_runs_that_have_one(recorded):
                         "pretrain other seed 1"]]
 
 
-def test_without_reuse_every_run_trains_again(recorded):
+def test_reuse_checkpoints_trains_an_unfinished_run_again_from_scratch(recorded):
+    """A checkpoint whose log lacks fairseq's 'done training' line is a run that was stopped
+    part-way: it is removed and the run trained again (fairseq would otherwise resume it)."""
     batches, variants, tmp_path = recorded
     out = tmp_path / "abl"
+    partial = touch_checkpoint(out, "other", 2, finished=False)
     touch_checkpoint(out, "shipped", 1)
+    rc = ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1", "2",
+                        "--reuse-checkpoints", "--pretrain-only"])
+    assert rc == 0
+    assert batches == [["pretrain shipped seed 2", "pretrain other seed 1",
+                        "pretrain other seed 2"]]
+    assert not partial.exists()
+
+
+def test_without_reuse_every_run_trains_again_from_scratch(recorded):
+    batches, variants, tmp_path = recorded
+    out = tmp_path / "abl"
+    earlier = touch_checkpoint(out, "shipped", 1)
     ablation.main(["--out", str(out), "--variants", variants, "--pretrain-seeds", "1",
                    "--pretrain-only"])
     assert batches == [["pretrain shipped seed 1", "pretrain other seed 1"]]
+    assert not earlier.exists()  # fairseq would have resumed from it and trained nothing
 
 
 @pytest.fixture
