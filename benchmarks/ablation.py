@@ -270,7 +270,10 @@ def main(argv=None) -> int:
     parser.add_argument("--state-response", type=float,
                         default=ps.SyntheticMEGConfig.state_response)
     parser.add_argument("--tasks", nargs="+", choices=ps.TASKS, default=list(ps.TASKS))
-    parser.add_argument("--layers", nargs="+", default=["last"])
+    parser.add_argument("--layers", nargs="+", default=["cnn+last", "last"],
+                        help="read-outs to probe (probe_synthetic.py --layers); the first is "
+                        "the headline row and the fine-tuned read-out (default: both depths "
+                        "side by side, the shipped read-out since round 43)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="probe / fine-tune seeds (default 0 1 2)")
     parser.add_argument("--finetune-fractions", type=float, nargs="*", default=[0.1, 1.0])

@@ -632,7 +632,7 @@ def main(argv=None) -> int:
                         help="state task: span inside a state block (s)")
     parser.add_argument("--context", type=float, default=1.0,
                         help="signal each side of the span the models see (s)")
-    parser.add_argument("--layers", nargs="+", default=["last", "cnn"],
+    parser.add_argument("--layers", nargs="+", default=["cnn+last", "last", "cnn"],
                         help="layers to probe for the checkpoint and random-init: 0-based "
                         "Transformer layers, 'last', 'cnn' or depths joined by '+' "
                         "('cnn+last': both side by side); the first is the headline row and "

@@ -31,6 +31,8 @@ PLAIN_WAV2VEC2_MODEL = {
     "encoder_frame_power": False,
     "sensor_power_path": False,
     "sensor_power_path_whiten": 0,
+    "frame_power_whiten": 0,
+    "encoder_frame_power_whiten": True,
 }
 
 

@@ -49,6 +49,9 @@ def test_shipped_objective_and_every_objective_field_listed(name):
     assert model.sensor_power_path is True
     # ... with the powers of the whitened sensors too (rounds 39-40)
     assert model.sensor_power_path_whiten == 0.1
+    # ... and the convolutions' head regresses the whitened sensors' powers, the Transformer's
+    # not (round 43, with the two-depth read-out)
+    assert model.frame_power_whiten == 0.1 and model.encoder_frame_power_whiten is False
 
 
 @pytest.mark.parametrize("name", CONFIGS)
