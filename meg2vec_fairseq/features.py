@@ -115,18 +115,8 @@ def n_layers(model: Meg2VecModel) -> int:
 
 
 def depths(layer: Layer) -> Tuple[Depth, ...]:
-    """The depths a layer choice reads, in order (one for a single depth).
-
-    Parameters
-    ----------
-    layer : int, "cnn", None or tuple of these
-        A layer choice.
-
-    Returns
-    -------
-    tuple
-        ``layer`` itself if it is a tuple, else ``(layer,)``.
-    """
+    """The depths a layer choice reads, in order: ``layer`` itself if it is a tuple, else
+    ``(layer,)``."""
     return tuple(layer) if isinstance(layer, tuple) else (layer,)
 
 
