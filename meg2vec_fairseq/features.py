@@ -230,15 +230,12 @@ def layer_frames(
     """
     import torch
 
-    passes = {}  # Transformer layer read -> the model's output dict
-    for depth in depths(layer):
-        transformer_layer = None if depth == CNN_LAYER else depth
-        if depth == CNN_LAYER and passes:
-            continue  # any pass carries the conv output
-        if transformer_layer not in passes:
-            passes[transformer_layer] = model.extract_features(
-                source, padding_mask, mask=False, layer=transformer_layer
-            )
+    # the Transformer depths read (the conv output alone: a full pass, as fairseq reads it)
+    transformer_layers = [depth for depth in depths(layer) if depth != CNN_LAYER] or [None]
+    passes = {  # Transformer layer -> the model's output dict; any pass carries the conv output
+        depth: model.extract_features(source, padding_mask, mask=False, layer=depth)
+        for depth in dict.fromkeys(transformer_layers)
+    }
     any_pass = next(iter(passes.values()))
     frames = [
         any_pass["features"] if depth == CNN_LAYER else passes[depth]["x"]

@@ -93,3 +93,22 @@ def test_check_layer_refuses_depths_the_model_does_not_have(model, layer, messag
     with pytest.raises(ValueError) as err:
         check_layer(layer, model)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_model_pass_per_transformer_depth_read(model, monkeypatch):
+    """The conv output comes with any pass: ``cnn+0`` and ``cnn+last`` need one pass each,
+    ``0+cnn+last`` two."""
+    calls = []
+    original = model.extract_features
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("layer"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "extract_features", counted)
+    meg = torch.randn(1, CHANNELS, 500)
+    for layer, expected in ((("cnn", 0), [0]), (("cnn", None), [None]),
+                            ((0, "cnn", None), [0, None]), ("cnn", [None])):
+        calls.clear()
+        extract_features(model, meg, layer)
+        assert calls == expected, layer
