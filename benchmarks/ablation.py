@@ -360,9 +360,8 @@ def main(argv=None) -> int:
         # or a finished one without --reuse-checkpoints): every run trained here starts fresh
         stale = os.path.join(os.path.dirname(str(job["log"])), "checkpoints")
         if os.path.isdir(stale):
-            print(f"  {job['name']}: removing the checkpoints of an earlier run ({stale}"
-                  f"{'' if args.reuse_checkpoints else '; --reuse-checkpoints keeps finished ones'}"
-                  ")", flush=True)
+            print(f"  {job['name']}: removing the checkpoints of an earlier run ({stale})",
+                  flush=True)
             shutil.rmtree(stale)
     print(f"pre-training {len(todo)} run(s), {args.parallel} at a time ...", flush=True)
     run_jobs(todo, args.parallel, args.threads)

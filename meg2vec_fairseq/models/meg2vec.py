@@ -376,7 +376,9 @@ class Meg2VecConfig(Wav2Vec2Config):
             "variances of the crop-centred sensors after a spatial whitening with the batch's "
             "sensor covariance, shrunk by this much (units of its mean eigenvalue), after each "
             "sensor's own: in a whitened sensor a weak field's power is not summed with the "
-            "strong components'. Both frame-power heads regress them. 0 = own powers only"
+            "strong components'. Both frame-power heads regress them (the convolutions' "
+            "only with encoder_frame_power_whiten=false: the shipped configs since round 43, "
+            "0.1). 0 = own powers only"
         },
     )
     frame_power_whiten_weight: float = field(
