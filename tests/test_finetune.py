@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+from meg2vec_fairseq.models.meg2vec import conv_frame_count, conv_frame_geometry
 from meg2vec_fairseq.probing.classifier import fit_linear_probe, stratified_subset
 from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows
 from meg2vec_fairseq.probing.metrics import chance_levels, confusion_matrix
@@ -145,7 +145,8 @@ def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_be
     for split in ("train", "valid", "test"):
         inputs, weights = [], []
         for x, _y, pools, _order in windows[split].groups:
-            w = ft._pool_weights(pools, ft._frame_count(model, x.shape[-1]), *geometry)
+            n_frames = conv_frame_count(model.cfg.conv_feature_layers, x.shape[-1])
+            w = ft._pool_weights(pools, n_frames, *geometry)
             inputs.append(torch.from_numpy(x))
             weights.append(torch.from_numpy(w.astype(np.float32)))
         features[split] = ft._pooled_features(classifier, windows[split], weights, inputs, 16)
@@ -199,7 +200,8 @@ def test_finetuning_reads_several_depths_side_by_side(toy):
     geometry = conv_frame_geometry(model.cfg.conv_feature_layers)
     inputs, weights = [], []
     for x, _y, pools, _order in windows["valid"].groups:
-        w = ft._pool_weights(pools, ft._frame_count(model, x.shape[-1]), *geometry)
+        n_frames = conv_frame_count(model.cfg.conv_feature_layers, x.shape[-1])
+        w = ft._pool_weights(pools, n_frames, *geometry)
         inputs.append(torch.from_numpy(x))
         weights.append(torch.from_numpy(w.astype(np.float32)))
 

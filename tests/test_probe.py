@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from meg2vec_fairseq.configs import load_pretraining_config
 from meg2vec_fairseq.errors import ProbeError
-from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+from meg2vec_fairseq.models.meg2vec import conv_frame_count, conv_frame_geometry
 from meg2vec_fairseq.probing.classifier import fit_and_score, fit_linear_probe
 from meg2vec_fairseq.probing.libribrain_labels import load_libribrain
 from meg2vec_fairseq.probing.metrics import (
@@ -150,6 +150,20 @@ def test_summarise_and_pooling():
 def test_conv_frame_geometry_of_the_tiny_stack():
     # kernels 10,3,3,3 strides 5,2,1,1: rf = 1 + 9 + 2*5 + 2*10 + 2*10 = 60, jump 10
     assert conv_frame_geometry("[(128,10,5),(128,3,2),(128,3,1),(128,3,1)]") == (60, 10)
+
+
+@pytest.mark.parametrize("stack", ["[(8,10,5),(8,3,2),(8,3,1),(8,3,1)]",
+                                   "[(8,10,5),(8,3,2),(8,3,2),(8,2,2)]"])
+def test_conv_frame_count_is_the_conv_stacks_output_length(stack):
+    # each layer maps L -> (L - kernel) // stride + 1; the closed form must agree for every
+    # length, including those whose remainders differ from layer to layer
+    convs = [torch.nn.Conv1d(1, 1, kernel, stride) for _dim, kernel, stride in eval(stack)]
+    receptive_field, _ = conv_frame_geometry(stack)
+    for length in range(receptive_field, receptive_field + 97):
+        out = torch.zeros(1, 1, length)
+        for conv in convs:
+            out = conv(out)
+        assert conv_frame_count(stack, length) == out.shape[-1], length
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1315,6 +1315,14 @@ def conv_frame_geometry(conv_feature_layers: str) -> Tuple[int, int]:
     return receptive_field, stride
 
 
+def conv_frame_count(conv_feature_layers: str, length: int) -> int:
+    """Frames the conv stack of a ``conv_feature_layers`` string makes of ``length`` input
+    samples (no padding): frame ``j`` covers samples ``[j * stride, j * stride +
+    receptive_field)``, so there are ``(length - receptive_field) // stride + 1``."""
+    receptive_field, stride = conv_frame_geometry(conv_feature_layers)
+    return (length - receptive_field) // stride + 1
+
+
 def conv_output_dim(conv_feature_layers: str) -> int:
     """Channel count of the last convolution of a ``conv_feature_layers`` string (the width of
     the conv encoder's output frames)."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ProbeError
 from ..features import Layer, check_layer, layer_dim, layer_frames, zscore_channels
-from ..models.meg2vec import conv_frame_geometry
+from ..models.meg2vec import conv_frame_count, conv_frame_geometry
 from .classifier import fit_linear_probe, stratified_subset
 from .metrics import balanced_accuracy, confusion_matrix, macro_f1
 from .pooling import POOLINGS, pool_frames
@@ -219,13 +219,6 @@ def _copy_model(model):
     return copy.deepcopy(model)
 
 
-def _frame_count(model, length: int) -> int:
-    # Output length of the conv stack (no padding): L -> floor((L - k) / s) + 1 per layer.
-    for _dim, kernel, stride in eval(model.cfg.conv_feature_layers):
-        length = (length - kernel) // stride + 1
-    return length
-
-
 def _pooled_features(
     classifier: _Classifier, arrays: WindowArrays, weights: List[torch.Tensor],
     inputs: List[torch.Tensor], batch_size: int,
@@ -362,7 +355,8 @@ def finetune(
                     f"{dataset.name}: a {split} window has {x.shape[-1]} samples, fewer than "
                     f"the {receptive_field} of one frame"
                 )
-            w = _pool_weights(pools, _frame_count(model, x.shape[-1]), receptive_field, stride)
+            n_frames = conv_frame_count(model.cfg.conv_feature_layers, x.shape[-1])
+            w = _pool_weights(pools, n_frames, receptive_field, stride)
             inputs.append(torch.from_numpy(x).to(device))
             weights.append(torch.from_numpy(w.astype(np.float32)).to(device))
         return inputs, weights
