@@ -127,6 +127,7 @@ def data_args(args) -> List[str]:
            *(["--event-kinds", ps.format_event_kinds(args.event_kinds)]
              if args.event_kinds else []),
            "--finetune-pooling", args.finetune_pooling,
+           "--finetune-lr-encoder", str(args.finetune_lr_encoder),
            "--device", args.device,
            "--threads", str(args.threads), "--config", args.config]
     return out
@@ -283,6 +284,9 @@ def main(argv=None) -> int:
                         help="fine-tune from the linear probe of the initial encoder (LP-FT, "
                         "default) or from a fresh head (--no-)")
     parser.add_argument("--finetune-pooling", choices=("mean", "meanstd"), default="meanstd")
+    parser.add_argument("--finetune-lr-encoder", type=float, default=ps.FinetuneOptions.lr_encoder,
+                        help="the encoder's learning rate while fine-tuning "
+                        "(probe_synthetic.py --finetune-lr-encoder)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--pretrain-only", action="store_true",
                         help="pre-train and stop (no probes, no table): e.g. on a GPU visit, "
@@ -298,6 +302,8 @@ def main(argv=None) -> int:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.max_update < 1:
         parser.error(f"--max-update must be >= 1, got {args.max_update}")
+    if not args.finetune_lr_encoder > 0:
+        parser.error(f"--finetune-lr-encoder must be positive, got {args.finetune_lr_encoder}")
     problem = ps.data_problem(args)
     if problem:
         parser.error(problem)

@@ -465,7 +465,8 @@ def finetune_options(args) -> FinetuneOptions:
     """The fine-tuning options of the command line (the first ``--layers`` entry is tuned)."""
     return FinetuneOptions(epochs=args.finetune_epochs, layer=parse_layer(args.layers[0]),
                            probe_init=args.finetune_probe_init,
-                           pooling=args.finetune_pooling)
+                           pooling=args.finetune_pooling,
+                           lr_encoder=args.finetune_lr_encoder)
 
 
 def evaluate_baselines(dataset, windows, architecture: str, args, device: str,
@@ -650,6 +651,10 @@ def main(argv=None) -> int:
                         help="what the fine-tuning head reads of the span's frames (meanstd, "
                         "the default since research round 12: as the linear probe; mean: "
                         "rounds 1-11)")
+    parser.add_argument("--finetune-lr-encoder", type=float,
+                        default=FinetuneOptions.lr_encoder,
+                        help="AdamW learning rate of the encoder while fine-tuning (the head's "
+                        f"stays {FinetuneOptions.lr_head:g}); default %(default)g")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available), cpu or cuda, for probes, fine-tuning "
                         "and (cpu forces it) pre-training")
@@ -674,6 +679,8 @@ def main(argv=None) -> int:
             parser.error(f"--finetune-fractions: {fraction} is not in (0, 1]")
     if args.finetune_epochs <= 0:
         parser.error(f"--finetune-epochs must be positive, got {args.finetune_epochs}")
+    if not args.finetune_lr_encoder > 0:
+        parser.error(f"--finetune-lr-encoder must be positive, got {args.finetune_lr_encoder}")
     problem = data_problem(args)
     if problem:
         parser.error(problem)

@@ -357,3 +357,34 @@ def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tm
     refused = run_command([sys.executable, "benchmarks/spatial_probe.py", "--data", data["dir"],
                            "--task", "event", "--config", ""], timeout=120)
     assert refused.returncode == 2 and "generated at 100 Hz" in refused.stderr
+
+
+def test_finetune_lr_encoder_reaches_the_options_and_the_ablations_commands(tmp_path):
+    """``--finetune-lr-encoder``: probe_synthetic's fine-tuning options carry it (default
+    FinetuneOptions'), ablation.py forwards it to every evaluation, and a learning rate that is
+    not positive is a one-line error of either command."""
+    sys.path.insert(0, "benchmarks")
+    import probe_synthetic
+
+    from meg2vec_fairseq.probing.finetune import FinetuneOptions
+
+    args = argparse.Namespace(finetune_epochs=3, layers=["cnn+last"], finetune_probe_init=True,
+                              finetune_pooling="meanstd", finetune_lr_encoder=3e-5)
+    options = probe_synthetic.finetune_options(args)
+    assert options.lr_encoder == 3e-5 and options.lr_head == FinetuneOptions.lr_head
+    assert options.layer == ("cnn", None)
+    dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
+                       str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
+                       "--finetune-lr-encoder", "3e-05"], timeout=120)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "--finetune-lr-encoder 3e-05" in dry.stdout
+    default = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
+                           str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1"],
+                          timeout=120)
+    assert f"--finetune-lr-encoder {FinetuneOptions.lr_encoder}" in default.stdout
+    for script in ("benchmarks/ablation.py", "benchmarks/probe_synthetic.py"):
+        bad = run_command([sys.executable, script, "--out", str(tmp_path / "bad"),
+                           "--finetune-lr-encoder", "0"], timeout=120)
+        assert bad.returncode == 2, script
+        assert "--finetune-lr-encoder must be positive, got 0.0" in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
