@@ -259,6 +259,14 @@ def test_frame_power_axes_standardise_project_and_remove_the_baseline():
     np.testing.assert_allclose(values[0, -10:, 3].mean(), np.log(16.0), atol=0.3)  # power
 
 
+def ablation_dry_run(tmp_path, *flags: str):
+    """``ablation.py --dry-run`` of the shipped variant, one pre-training seed, with ``flags``;
+    its output lists every command it would run."""
+    return run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
+                        str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
+                        *flags], timeout=120)
+
+
 def test_event_kinds_option_sets_the_generator_and_the_data_key(tmp_path):
     """``--event-kinds``: parsed into (duration, carrier) pairs with a one-line error naming a
     bad kind; the default keeps the data directories of earlier rounds (same key); other
@@ -294,9 +302,7 @@ def test_event_kinds_option_sets_the_generator_and_the_data_key(tmp_path):
     with open(os.path.join(data, "probe", "labels_event.tsv")) as f:
         classes = {row["label"] for row in csv.DictReader(f, delimiter="\t")}
     assert classes <= {f"kind{k}" for k in range(5)} and "kind4" in classes
-    dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
-                       str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
-                       "--event-kinds", "0.3:0,0.2:25"], timeout=120)
+    dry = ablation_dry_run(tmp_path, "--event-kinds", "0.3:0,0.2:25")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "--event-kinds 0.3:0,0.2:25" in dry.stdout
     bad = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--event-kinds",
@@ -344,9 +350,7 @@ def test_sensor_count_and_rate_options_reach_the_data_the_task_and_the_labels(tm
         assert problem is not None and re.search(message, problem), problem
     carrier = argparse.Namespace(**{**vars(args), "event_kinds": ((0.3, 0.0), (0.2, 130.0))})
     assert "130 Hz" in probe_synthetic.data_problem(carrier)
-    dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
-                       str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
-                       "--n-sensors", "64", "--sfreq", "200"], timeout=120)
+    dry = ablation_dry_run(tmp_path, "--n-sensors", "64", "--sfreq", "200")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "task.in_channels=64 task.sample_rate=200" in dry.stdout
     assert "--n-sensors 64 --sfreq 200" in dry.stdout
@@ -373,14 +377,10 @@ def test_finetune_lr_encoder_reaches_the_options_and_the_ablations_commands(tmp_
     options = probe_synthetic.finetune_options(args)
     assert options.lr_encoder == 3e-5 and options.lr_head == FinetuneOptions.lr_head
     assert options.layer == ("cnn", None)
-    dry = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
-                       str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1",
-                       "--finetune-lr-encoder", "3e-05"], timeout=120)
+    dry = ablation_dry_run(tmp_path, "--finetune-lr-encoder", "3e-05")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "--finetune-lr-encoder 3e-05" in dry.stdout
-    default = run_command([sys.executable, "benchmarks/ablation.py", "--dry-run", "--out",
-                           str(tmp_path / "abl"), "--only", "shipped", "--pretrain-seeds", "1"],
-                          timeout=120)
+    default = ablation_dry_run(tmp_path)
     assert f"--finetune-lr-encoder {FinetuneOptions.lr_encoder}" in default.stdout
     for script in ("benchmarks/ablation.py", "benchmarks/probe_synthetic.py"):
         bad = run_command([sys.executable, script, "--out", str(tmp_path / "bad"),
