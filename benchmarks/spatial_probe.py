@@ -58,6 +58,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 from probe_synthetic import data_sample_rate  # noqa: E402
 
 from meg2vec_fairseq.constants import SFREQ  # noqa: E402
+from meg2vec_fairseq.conv_geometry import conv_frame_geometry, frame_count  # noqa: E402
 from meg2vec_fairseq.probing.report import write_json  # noqa: E402
 from meg2vec_fairseq.probing.run import run_probe  # noqa: E402
 from meg2vec_fairseq.probing.sources import RawSource, SourceSpec  # noqa: E402
@@ -126,7 +127,7 @@ class FrameSummary(RawSource):
         """Frames of a batch of ``(B, C, T)`` windows: ``(B, T', D)`` and frame centres."""
         if self.matrix is not None:
             windows = np.einsum("bct,cd->bdt", windows, self.matrix)
-        n_frames = (windows.shape[-1] - self.receptive_field) // self.stride + 1
+        n_frames = frame_count(windows.shape[-1], self.receptive_field, self.stride)
         starts = np.arange(n_frames) * self.stride
         cut = windows[..., starts[:, None] + np.arange(self.receptive_field)]  # (B, D, T', rf)
         summary = cut.mean(axis=-1)
@@ -177,7 +178,6 @@ def frame_views(config: str, pca: Sequence[int], axes: Tuple[np.ndarray, np.ndar
     mixes each sensor's power in each of these bands (None: unfiltered); frames of
     ``config``'s conv encoder."""
     from meg2vec_fairseq.configs import load_pretraining_config
-    from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
     geometry = conv_frame_geometry(load_pretraining_config(config).model.conv_feature_layers)
     summaries = [FrameSummary("frame mean", *geometry, log_power=False),
@@ -241,7 +241,6 @@ def power_pca_views(pretrain_dir: str, max_files: int, config: str, ks: Sequence
     (shrinkage, ``(C, C)`` symmetric matrix) adds the same rows for the whitened sensors. The
     segments are read once."""
     from meg2vec_fairseq.configs import load_pretraining_config
-    from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
 
     geometry = conv_frame_geometry(load_pretraining_config(config).model.conv_feature_layers)
     files = sorted(glob.glob(os.path.join(pretrain_dir, "**", "*.npy"), recursive=True))

@@ -47,7 +47,7 @@ MODES = ("codes", "projection")
 def config_frame(config: str) -> Tuple[int, int]:
     """Receptive field and hop (samples) of a shipped config's conv stack: one target frame."""
     from meg2vec_fairseq.configs import load_pretraining_config
-    from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+    from meg2vec_fairseq.conv_geometry import conv_frame_geometry
 
     return conv_frame_geometry(load_pretraining_config(config).model.conv_feature_layers)
 

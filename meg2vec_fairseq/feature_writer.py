@@ -8,11 +8,11 @@ from typing import Dict
 import torch
 
 from .constants import MAX_ABS_VALUE
+from .conv_geometry import conv_frame_geometry
 from .data.meg_dataset import MegDataError, MegNpyDataset
 from .features import Layer, extract_features, load_meg2vec
 from .io.atomic import atomic_save_npy
 from .io.manifest import write_manifest
-from .models.meg2vec import conv_frame_geometry
 
 
 def write_manifest_features(

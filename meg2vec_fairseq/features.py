@@ -192,7 +192,7 @@ def layer_dim(model: Meg2VecModel, layer: Layer) -> int:
         The conv encoder's output width for ``"cnn"``, ``encoder_embed_dim`` for a
         Transformer layer, their sum over a tuple's depths.
     """
-    from .models.meg2vec import conv_output_dim
+    from .conv_geometry import conv_output_dim
 
     return sum(
         conv_output_dim(model.cfg.conv_feature_layers) if depth == CNN_LAYER

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from meg2vec_fairseq.models.meg2vec import conv_frame_count, conv_frame_geometry
+from meg2vec_fairseq.conv_geometry import conv_frame_count, conv_frame_geometry
 from meg2vec_fairseq.probing.classifier import fit_linear_probe, stratified_subset
 from meg2vec_fairseq.probing.finetune import FinetuneOptions, finetune, read_windows
 from meg2vec_fairseq.probing.metrics import chance_levels, confusion_matrix

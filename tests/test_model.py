@@ -8,11 +8,11 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from fairseq.modules import Fp32GroupNorm
 from omegaconf import OmegaConf
 
+from meg2vec_fairseq.conv_geometry import frame_rate
 from meg2vec_fairseq.models.meg2vec import (
     Meg2VecConfig,
     Meg2VecModel,
     MultiChannelConvFeatureExtractor,
-    frame_rate,
 )
 
 SMALL = dict(

@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 from test_model import SMALL, build_meg2vec
 from test_sensor_power import weak_burst_under_shared_rhythm
 
+from meg2vec_fairseq.conv_geometry import conv_frame_count, conv_frame_geometry
 from meg2vec_fairseq.models.band_power import BandPowerTargets
-from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel, conv_frame_geometry
+from meg2vec_fairseq.models.meg2vec import Meg2VecConfig, Meg2VecModel
 from meg2vec_fairseq.models.pretext import (
     amplitude_factors,
     amplitude_scale,
@@ -841,8 +842,7 @@ def test_frame_power_loss_reads_the_conv_output_of_every_frame_and_is_the_last_l
     assert len(extra) == 4  # diversity, features_pen, code classification, frame power
     assert extra[2] is out["code_classification_loss"] and extra[3] is out["frame_power_loss"]
     # every frame of every sample (not only the masked ones), conv width 32
-    receptive_field, stride = conv_frame_geometry(SMALL["conv_feature_layers"])
-    n_frames = (source.shape[-1] - receptive_field) // stride + 1
+    n_frames = conv_frame_count(SMALL["conv_feature_layers"], source.shape[-1])
     assert captured[0].shape == (source.shape[0] * n_frames, 32)
     assert not model.layer_norm._forward_hooks
     loss, _, logging = criterion([1.0, 10, 1.0, 1.0])(model, batch())

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ from meg_fixtures import VENV_BIN, run_command
 from omegaconf import OmegaConf
 
 from meg2vec_fairseq.configs import load_pretraining_config
+from meg2vec_fairseq.conv_geometry import conv_frame_count, conv_frame_geometry
 from meg2vec_fairseq.errors import ProbeError
-from meg2vec_fairseq.models.meg2vec import conv_frame_count, conv_frame_geometry
 from meg2vec_fairseq.probing.classifier import fit_and_score, fit_linear_probe
 from meg2vec_fairseq.probing.libribrain_labels import load_libribrain
 from meg2vec_fairseq.probing.metrics import (
@@ -164,6 +166,16 @@ def test_conv_frame_count_is_the_conv_stacks_output_length(stack):
         for conv in convs:
             out = conv(out)
         assert conv_frame_count(stack, length) == out.shape[-1], length
+
+
+def test_conv_geometry_imports_neither_torch_nor_fairseq():
+    # the feature writer, the probes and the benchmarks place frames with it; it must stay
+    # usable (and cheap to import) without the fairseq parts of the package
+    code = ("import sys, meg2vec_fairseq.conv_geometry; "
+            "print(sorted(m for m in ('torch', 'fairseq') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------

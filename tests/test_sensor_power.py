@@ -6,7 +6,7 @@ import math
 import torch
 from test_model import SMALL, build_meg2vec
 
-from meg2vec_fairseq.models.meg2vec import conv_frame_geometry
+from meg2vec_fairseq.conv_geometry import conv_frame_geometry
 from meg2vec_fairseq.models.sensor_power import SensorPowerPath, frame_log_power
 
 

@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..conv_geometry import frame_count
 from .masked_regression import MaskedRegressionHead, standardise_frames
 
 
@@ -76,7 +77,7 @@ class BandPowerTargets(MaskedRegressionHead):
             if padding_mask is not None:
                 x = x * (~padding_mask).unsqueeze(1)
             length = x.size(-1)
-            n_frames = (length - self.receptive_field) // self.stride + 1
+            n_frames = frame_count(length, self.receptive_field, self.stride)
             centres = (
                 torch.arange(n_frames, device=x.device) * self.stride
                 + (self.receptive_field - 1) // 2

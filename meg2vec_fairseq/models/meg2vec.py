@@ -100,6 +100,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.nn import functional as F
 
+from ..conv_geometry import conv_frame_geometry
 from .band_power import BandPowerTargets
 from .frame_power import FramePowerTargets
 from .masked_regression import MaskedRegressionHead
@@ -1304,49 +1305,3 @@ def mask_sensors(source: torch.Tensor, prob: float) -> torch.Tensor:
     count = int(round(prob * channels))
     ranks = torch.rand(batch, channels, device=source.device).argsort(dim=-1)
     return source * (ranks >= count).unsqueeze(-1).to(source.dtype)
-
-
-def conv_frame_geometry(conv_feature_layers: str) -> Tuple[int, int]:
-    """``(receptive_field, stride)`` in input samples of a ``conv_feature_layers`` string."""
-    receptive_field, stride = 1, 1
-    for _dim, kernel, layer_stride in eval(conv_feature_layers):  # fairseq's own format
-        receptive_field += (kernel - 1) * stride
-        stride *= layer_stride
-    return receptive_field, stride
-
-
-def conv_frame_count(conv_feature_layers: str, length: int) -> int:
-    """Frames the conv stack of a ``conv_feature_layers`` string makes of ``length`` input
-    samples (no padding): frame ``j`` covers samples ``[j * stride, j * stride +
-    receptive_field)``, so there are ``(length - receptive_field) // stride + 1``."""
-    receptive_field, stride = conv_frame_geometry(conv_feature_layers)
-    return (length - receptive_field) // stride + 1
-
-
-def conv_output_dim(conv_feature_layers: str) -> int:
-    """Channel count of the last convolution of a ``conv_feature_layers`` string (the width of
-    the conv encoder's output frames)."""
-    return eval(conv_feature_layers)[-1][0]  # fairseq's own format
-
-
-def total_stride(conv_feature_layers: str) -> int:
-    """Product of the strides of a ``conv_feature_layers`` string."""
-    return conv_frame_geometry(conv_feature_layers)[1]
-
-
-def frame_rate(conv_feature_layers: str, sample_rate: float) -> float:
-    """Encoder frames per second for a conv stack at a given input sampling rate.
-
-    Parameters
-    ----------
-    conv_feature_layers : str
-        fairseq's ``"[(dim, kernel, stride), ...]"`` description of the stack.
-    sample_rate : float
-        Input sampling rate in Hz.
-
-    Returns
-    -------
-    float
-        Frames per second of the feature sequence.
-    """
-    return sample_rate / total_stride(conv_feature_layers)

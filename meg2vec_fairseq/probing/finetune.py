@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..conv_geometry import conv_frame_count, conv_frame_geometry
 from ..errors import ProbeError
 from ..features import Layer, check_layer, layer_dim, layer_frames, zscore_channels
-from ..models.meg2vec import conv_frame_count, conv_frame_geometry
 from .classifier import fit_linear_probe, stratified_subset
 from .metrics import balanced_accuracy, confusion_matrix, macro_f1
 from .pooling import POOLINGS, pool_frames

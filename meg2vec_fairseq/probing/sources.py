@@ -93,7 +93,7 @@ class ModelSource:
         origin: str = "",
         batch_size: int = 32,
     ) -> None:
-        from ..models.meg2vec import conv_frame_geometry
+        from ..conv_geometry import conv_frame_geometry
 
         try:
             check_layer(layer, model)
