@@ -139,16 +139,10 @@ def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_be
     assert result["best_epoch"] == 0
 
     classifier = ft._Classifier(model, 2, None, normalize)
-    geometry = conv_frame_geometry(model.cfg.conv_feature_layers)
     windows = read_windows(dataset)
     features = {}
     for split in ("train", "valid", "test"):
-        inputs, weights = [], []
-        for x, _y, pools, _order in windows[split].groups:
-            n_frames = conv_frame_count(model.cfg.conv_feature_layers, x.shape[-1])
-            w = ft._pool_weights(pools, n_frames, *geometry)
-            inputs.append(torch.from_numpy(x))
-            weights.append(torch.from_numpy(w.astype(np.float32)))
+        inputs, weights = split_tensors(model, windows[split])
         features[split] = ft._pooled_features(classifier, windows[split], weights, inputs, 16)
     probe = fit_linear_probe(features["train"], dataset.labels("train"), features["valid"],
                              dataset.labels("valid"), 2, seed=0)
@@ -164,6 +158,37 @@ def test_probe_init_starts_from_the_linear_probe_and_keeps_it_unless_an_epoch_be
                                                lr_head=0.0))
     assert len(default["valid_curve"]) == 2 and default["best_epoch"] == 0
     assert FinetuneOptions().pooling == "meanstd"
+
+
+def split_tensors(model, arrays):
+    """The inputs and pooling weights of one split's window groups, as ``finetune`` makes them."""
+    from meg2vec_fairseq.probing import finetune as ft
+
+    geometry = conv_frame_geometry(model.cfg.conv_feature_layers)
+    inputs, weights = [], []
+    for x, _y, pools, _order in arrays.groups:
+        n_frames = conv_frame_count(model.cfg.conv_feature_layers, x.shape[-1])
+        w = ft._pool_weights(pools, n_frames, *geometry)
+        inputs.append(torch.from_numpy(x))
+        weights.append(torch.from_numpy(w.astype(np.float32)))
+    return inputs, weights
+
+
+def test_pooling_chosen_windows_gives_their_rows_of_the_whole_split(toy):
+    """LP-FT's first step pools only the labelled subset: the same features, in the order
+    asked for, as pooling every window and taking those rows."""
+    from meg2vec_fairseq.probing import finetune as ft
+
+    dataset, yaml = toy
+    model, normalize = build_random_model(yaml, seed=0)
+    classifier = ft._Classifier(model, 2, None, normalize, pooling="meanstd")
+    arrays = read_windows(dataset)["train"]
+    inputs, weights = split_tensors(model, arrays)
+    everything = ft._pooled_features(classifier, arrays, weights, inputs, 4)
+    chosen = np.random.default_rng(0).permutation(arrays.n)[: arrays.n // 3]
+    some = ft._pooled_features(classifier, arrays, weights, inputs, 4, indices=chosen)
+    assert some.shape == (len(chosen), everything.shape[1])
+    np.testing.assert_allclose(some, everything[chosen], rtol=1e-5, atol=1e-5)
 
 
 def test_meanstd_pooling_reads_each_feature_s_mean_and_std_over_the_span():

@@ -221,19 +221,33 @@ def _copy_model(model):
 
 def _pooled_features(
     classifier: _Classifier, arrays: WindowArrays, weights: List[torch.Tensor],
-    inputs: List[torch.Tensor], batch_size: int,
+    inputs: List[torch.Tensor], batch_size: int, indices: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """``(N, D)`` pooled features of a split's windows, in dataset order (eval mode)."""
+    """``(N, D)`` pooled features of a split's windows in dataset order, or with ``indices``
+    (positions in dataset order) of those windows alone, in that order (eval mode)."""
+    wanted = np.arange(arrays.n) if indices is None else np.asarray(indices)
+    slot = np.full(arrays.n, -1)
+    slot[wanted] = np.arange(len(wanted))
     classifier.eval()
     features = None
     with torch.no_grad():
         for (_x, _y, _pools, order), x, w in zip(arrays.groups, inputs, weights):
-            for lo in range(0, len(x), batch_size):
-                pooled = classifier.pooled(x[lo : lo + batch_size], w[lo : lo + batch_size])
+            rows = np.flatnonzero(slot[order] >= 0)
+            for lo in range(0, len(rows), batch_size):
+                take = rows[lo : lo + batch_size]
+                index = torch.as_tensor(take, device=x.device)
+                pooled = classifier.pooled(x[index], w[index])
                 if features is None:
-                    features = np.zeros((arrays.n, pooled.shape[-1]), dtype=np.float32)
-                features[order[lo : lo + batch_size]] = pooled.float().cpu().numpy()
+                    features = np.zeros((len(wanted), pooled.shape[-1]), dtype=np.float32)
+                features[slot[order[take]]] = pooled.float().cpu().numpy()
     return features
+
+
+def _head_predictions(head: nn.Linear, features: np.ndarray) -> np.ndarray:
+    """Class of each row of pooled ``features`` under the linear ``head``."""
+    with torch.no_grad():
+        logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype))
+    return logits.argmax(-1).cpu().numpy()
 
 
 def _predict(
@@ -241,10 +255,7 @@ def _predict(
     inputs: List[torch.Tensor], batch_size: int,
 ) -> np.ndarray:
     features = _pooled_features(classifier, arrays, weights, inputs, batch_size)
-    head = classifier.head
-    with torch.no_grad():
-        logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype))
-    return logits.argmax(-1).cpu().numpy()
+    return _head_predictions(classifier.head, features)
 
 
 def _head_from_probe(
@@ -385,14 +396,15 @@ def finetune(
     curve = []
     if options.probe_init:  # epoch 0: the linear probe of the initial encoder
         batch = options.batch_size
+        # only the chosen training windows are pooled, and the valid features are pooled
+        # once: the probe is fitted on them and the fitted head scores them
         train_features = _pooled_features(classifier, windows["train"], data["train"][1],
-                                          data["train"][0], batch)[subset]
+                                          data["train"][0], batch, indices=subset)
         valid_features = _pooled_features(classifier, windows["valid"], data["valid"][1],
                                           data["valid"][0], batch)
         _head_from_probe(classifier, train_features, labels["train"][subset], valid_features,
                          labels["valid"], n_classes, seed)
-        predictions = _predict(classifier, windows["valid"], data["valid"][1],
-                               data["valid"][0], batch)
+        predictions = _head_predictions(classifier.head, valid_features)
         score = macro_f1(confusion_matrix(labels["valid"], predictions, n_classes))
         curve.append(score)
         best = (score, 0, {k: v.detach().clone() for k, v in classifier.state_dict().items()})
