@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conv_geometry import conv_frame_count, conv_frame_geometry
+from ..conv_geometry import conv_frame_geometry, frame_count
 from ..errors import ProbeError
 from ..features import Layer, check_layer, layer_dim, layer_frames, zscore_channels
 from .classifier import fit_linear_probe, stratified_subset
@@ -366,7 +366,7 @@ def finetune(
                     f"{dataset.name}: a {split} window has {x.shape[-1]} samples, fewer than "
                     f"the {receptive_field} of one frame"
                 )
-            n_frames = conv_frame_count(model.cfg.conv_feature_layers, x.shape[-1])
+            n_frames = frame_count(x.shape[-1], receptive_field, stride)
             w = _pool_weights(pools, n_frames, receptive_field, stride)
             inputs.append(torch.from_numpy(x).to(device))
             weights.append(torch.from_numpy(w.astype(np.float32)).to(device))
